@@ -1,0 +1,358 @@
+"""The anomaly-model contract: fit, predict, calibrate, save, load.
+
+A method subclasses `AnomalyModel` and fills four hooks: `build_network`, `training_samples`, `training_loss`
+and `score_slices`. Everything a user relies on across methods lives here once: volumes scored slice by slice
+and maps returned on the input's grid, thresholds and how they were set, checkpoints with resume, timings."""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from . import __version__
+from .calibration import calibrate_thresholds
+from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, read_checkpoint, weights_digest
+from .errors import CheckpointError, UnsupportedImageError
+from .io.image import MedicalImage
+from .result import AnomalyResult
+
+BASE_DEFAULTS = {
+    "epochs": 10,
+    "batch_size": 16,
+    "learning_rate": 1e-3,
+    "seed": 0,
+    "device": "auto",  # "auto" picks CUDA when present, else the CPU
+    "predict_batch_size": 16,
+    "volume_score": "max",  # a volume's score from its slice scores: "max" or "mean"
+    "calibration_fpr": 0.05,  # image-level false-positive rate when validation has normals only
+    "calibration_pixel_fpr": 0.01,  # pixel-level false-positive rate on normal maps
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_pixels(array: np.ndarray) -> None:
+    """Refuse what no model can score, with the reason."""
+    if array.ndim not in (2, 3):
+        raise UnsupportedImageError(f"expected a 2D film (H, W) or a 3D volume (D, H, W), got shape {array.shape}")
+    if array.size == 0 or min(array.shape) == 0:
+        raise UnsupportedImageError(f"image has zero size: shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise UnsupportedImageError("image contains NaN or Inf pixels")
+
+
+def as_medical_image(image) -> MedicalImage:
+    if isinstance(image, MedicalImage):
+        return image
+    if isinstance(image, (str, Path)):
+        from .io import read_image
+
+        return read_image(image)
+    return MedicalImage(np.asarray(image, dtype=np.float32))
+
+
+def slices_of(array: np.ndarray) -> list[np.ndarray]:
+    """A film is one slice; a volume (D, H, W) is D axial slices."""
+    return [array] if array.ndim == 2 else list(array)
+
+
+def as_items(data) -> list:
+    """Training or validation data as items with .image, .mask, .roi, .label, .is_abnormal.
+
+    Accepts a manifest path, a list of manifest cases, loaded cases, MedicalImages or arrays (normals)."""
+    if data is None:
+        return []
+    if isinstance(data, (str, Path)):
+        from .data.manifest import read_manifest
+
+        data = read_manifest(data)
+    items = []
+    for entry in data:
+        if hasattr(entry, "image") and isinstance(getattr(entry, "image"), MedicalImage):
+            items.append(entry)
+        elif hasattr(entry, "image") and hasattr(entry, "label"):  # a manifest Case: load it now
+            from .data.manifest import load_case
+
+            items.append(load_case(entry))
+        else:
+            items.append(SimpleNamespace(image=as_medical_image(entry), mask=None, roi=None, label=0,
+                                         is_abnormal=False))
+    return items
+
+
+@dataclass
+class SliceScores:
+    """What a method's `score_slices` returns for N 2D slices, each map on its slice's own grid."""
+
+    scores: np.ndarray
+    maps: list
+    extras: dict = field(default_factory=dict)  # name -> list of N maps
+    meta: dict = field(default_factory=dict)  # method-specific figures (class probabilities, spreads...)
+
+
+class AnomalyModel:
+    name = "base"
+    description = ""
+    kind = "reconstruction"  # "reconstruction", "density" or "classifier": how a client should read the score
+    version = "1"  # bump when the method's code changes what a checkpoint means
+    supervised = False  # unsupervised models train on normal images only
+    default_config: dict = {}
+    preprocessing_keys: tuple = ()  # config keys that define preprocessing; recorded apart in the checkpoint
+    inference_keys: tuple = ()  # config keys a request may override for one prediction
+
+    def __init__(self, **config):
+        defaults = {**BASE_DEFAULTS, **self.default_config}
+        unknown = sorted(set(config) - set(defaults))
+        if unknown:
+            raise ValueError(f"{self.name}: unknown config keys {unknown}; known keys: {sorted(defaults)}")
+        self.config = {**defaults, **config}
+        self.device = resolve_device(self.config["device"])
+        torch.manual_seed(self.config["seed"])  # the same config gives the same initial weights
+        self.network = self.build_network().to(self.device)
+        self.thresholds = {"image": None, "pixel": None}
+        self.calibration = {"method": "uncalibrated"}
+        self.stats: dict = {}
+        self.train_state = {"epoch": 0, "history": [], "finished": False}
+        self._optimizer_state = None
+        self._weights_sha = None
+
+    # ----- hooks a method fills -----
+    def build_network(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def training_samples(self, item) -> list[tuple[np.ndarray, ...]]:
+        """Arrays the loss sees, for one training item (a film or a volume). Each sample is a tuple."""
+        raise NotImplementedError
+
+    def training_loss(self, *batch: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score_slices(self, slices: list[np.ndarray]) -> SliceScores:
+        raise NotImplementedError
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.network.parameters(), lr=self.config["learning_rate"])
+
+    def select_training_items(self, items: list) -> list:
+        """Unsupervised models learn 'normal' only: images with a lesion label stay out of training."""
+        return items if self.supervised else [item for item in items if not item.is_abnormal]
+
+    # ----- description and versions -----
+    @classmethod
+    def describe(cls) -> dict:
+        return {
+            "description": cls.description,
+            "kind": cls.kind,
+            "supervised": cls.supervised,
+            "version": cls.version,
+            "default_config": {**BASE_DEFAULTS, **cls.default_config},
+            "inference_options": list(cls.inference_keys),
+        }
+
+    @property
+    def model_version(self) -> str:
+        """name-codeversion-weighthash: changes exactly when the weights or the method change."""
+        if self._weights_sha is None:
+            self._weights_sha = weights_digest(self.network.state_dict())
+        return f"{self.name}-v{self.version}-{self._weights_sha[:12]}"
+
+    def preprocessing_params(self) -> dict:
+        return {key: self.config[key] for key in self.preprocessing_keys}
+
+    @contextlib.contextmanager
+    def options(self, **options):
+        """Override inference options (e.g. repeats, NLR) for the duration of one call."""
+        unknown = sorted(set(options) - set(self.inference_keys))
+        if unknown:
+            raise ValueError(f"{self.name}: options {unknown} cannot be set per request; "
+                             f"allowed: {list(self.inference_keys)}")
+        saved = {key: self.config[key] for key in options}
+        self.config.update(options)
+        try:
+            yield
+        finally:
+            self.config.update(saved)
+
+    # ----- predict -----
+    def predict(self, image, threshold: float | None = None, **options) -> AnomalyResult:
+        """Score a film (H, W) or a volume (D, H, W); the map and mask come back on the input's grid.
+
+        `threshold` overrides the calibrated pixel threshold for this call's mask."""
+        image = as_medical_image(image)
+        check_pixels(image.array)
+        started = time.perf_counter()
+        with self.options(**options):
+            self.network.eval()
+            slices = slices_of(image.array)
+            out = self.score_slices(slices)
+        seconds = time.perf_counter() - started
+        anomaly_map = np.stack(out.maps).astype(np.float32) if image.is_volume else out.maps[0].astype(np.float32)
+        extras = {name: (np.stack(maps) if image.is_volume else maps[0]).astype(np.float32)
+                  for name, maps in out.extras.items()}
+        scores = np.asarray(out.scores, dtype=float)
+        score = float(scores.max() if self.config["volume_score"] == "max" else scores.mean())
+
+        pixel_threshold = self.thresholds["pixel"] if threshold is None else float(threshold)
+        if pixel_threshold is None:
+            mask = np.zeros(anomaly_map.shape, dtype=np.uint8)
+        else:
+            mask = (anomaly_map >= pixel_threshold).astype(np.uint8)
+        image_threshold = self.thresholds["image"]
+        meta = {
+            "model": self.name,
+            "model_version": self.model_version,
+            "kind": self.kind,
+            "image_threshold": image_threshold,
+            "pixel_threshold": pixel_threshold,
+            "threshold_source": "request" if threshold is not None else self.calibration.get("method", "uncalibrated"),
+            "calibration": self.calibration,
+            "is_anomalous": None if image_threshold is None else bool(score >= image_threshold),
+            "display_range": self.stats.get("map_display_range"),
+            "slice_scores": scores.tolist() if image.is_volume else None,
+            "options": {key: self.config[key] for key in self.inference_keys},
+            "timings": {"predict_seconds": seconds, "seconds_per_slice": seconds / len(slices)},
+            **out.meta,
+        }
+        return AnomalyResult(score=score, map=anomaly_map, mask=mask, extras=extras, meta=meta, image=image)
+
+    # ----- fit -----
+    def fit(self, train, val=None, *, checkpoint: str | Path | None = None, minutes: float | None = None,
+            progress: bool = True, on_epoch_end=None, **config) -> list[dict]:
+        """Train, checkpoint every epoch (atomically), resume from `checkpoint` if it holds an unfinished run,
+        then calibrate thresholds on `val` (or on the training normals when no validation set is given).
+
+        `config` overrides training settings such as epochs, batch_size or learning_rate. `minutes` bounds
+        the wall time: training stops after the epoch that crosses it. Returns the per-epoch history."""
+        unknown = sorted(set(config) - set(self.config))
+        if unknown:
+            raise ValueError(f"{self.name}: unknown config keys {unknown}")
+        self.config.update(config)
+        if checkpoint is not None and Path(checkpoint).exists():
+            self._resume_from(checkpoint)
+        items = self.select_training_items(as_items(train))
+        if not items:
+            raise ValueError(f"{self.name}: no training images (unsupervised models need normal images)")
+        samples = [sample for item in items for sample in self.training_samples(item)]
+        if not samples:
+            raise ValueError(f"{self.name}: the training images gave no training samples")
+        dataset = TensorDataset(*[torch.as_tensor(np.stack([s[k] for s in samples])) for k in range(len(samples[0]))])
+
+        optimizer = self.make_optimizer()
+        if self._optimizer_state is not None:
+            optimizer.load_state_dict(self._optimizer_state)
+        epochs = int(self.config["epochs"])
+        started = time.perf_counter()
+        for epoch in range(self.train_state["epoch"], epochs):
+            record = self._train_one_epoch(dataset, optimizer, epoch, epochs, progress)
+            self.train_state["epoch"] = epoch + 1
+            self.train_state["history"].append(record)
+            self._optimizer_state = optimizer.state_dict()
+            self._weights_sha = None
+            if checkpoint is not None:
+                self.save(checkpoint)
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+            if minutes is not None and time.perf_counter() - started > minutes * 60:
+                break
+        self.train_state["finished"] = True
+        self.calibrate(val if val is not None else items, source="validation" if val is not None else "training")
+        if checkpoint is not None:
+            self.save(checkpoint)
+        return self.train_state["history"]
+
+    def _train_one_epoch(self, dataset, optimizer, epoch: int, epochs: int, progress: bool) -> dict:
+        # Seeding by epoch makes an interrupted-and-resumed run take the same steps as an uninterrupted one.
+        seed = int(self.config["seed"]) + epoch
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        loader = DataLoader(dataset, batch_size=int(self.config["batch_size"]), shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))
+        self.network.train()
+        started, losses = time.perf_counter(), []
+        bar = tqdm(loader, desc=f"{self.name} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+        for batch in bar:
+            loss = self.training_loss(*[tensor.to(self.device) for tensor in batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        return {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - started,
+                "samples": len(dataset)}
+
+    # ----- calibrate -----
+    def calibrate(self, val, source: str = "validation") -> dict:
+        """Set the image and pixel thresholds from validation data (see calibration.py) and record how."""
+        items = as_items(val)
+        results = [self.predict(item.image) for item in items]
+        thresholds, calibration, stats = calibrate_thresholds(
+            results, items, fpr=self.config["calibration_fpr"], pixel_fpr=self.config["calibration_pixel_fpr"],
+            seed=int(self.config["seed"]))
+        calibration["source"] = source
+        self.thresholds, self.calibration, self.stats = thresholds, calibration, stats
+        return calibration
+
+    # ----- save / load -----
+    def save(self, path: str | Path) -> Path:
+        state = {key: value.detach().cpu() for key, value in self.network.state_dict().items()}
+        self._weights_sha = weights_digest(state)
+        payload = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "package_version": __version__,
+            "model": self.name,
+            "model_code_version": self.version,
+            "model_version": self.model_version,
+            "weights_sha256": self._weights_sha,
+            "config": dict(self.config),
+            "preprocessing": self.preprocessing_params(),
+            "thresholds": dict(self.thresholds),
+            "calibration": self.calibration,
+            "stats": self.stats,
+            "train_state": {**self.train_state, "optimizer": self._optimizer_state},
+            "state_dict": state,
+        }
+        return atomic_torch_save(payload, path)
+
+    def _load_payload(self, payload: dict) -> None:
+        if payload["model"] != self.name:
+            raise CheckpointError(f"checkpoint holds model {payload['model']!r}, not {self.name!r}")
+        try:
+            self.network.load_state_dict(payload["state_dict"])
+        except RuntimeError as error:
+            raise CheckpointError(f"checkpoint weights do not fit {self.name} with this config: {error}") from error
+        self.network.to(self.device)
+        self.thresholds = dict(payload["thresholds"])
+        self.calibration = payload["calibration"]
+        self.stats = payload["stats"]
+        train_state = dict(payload["train_state"])
+        self._optimizer_state = train_state.pop("optimizer", None)
+        self.train_state = train_state
+        self._weights_sha = payload.get("weights_sha256")
+
+    def _resume_from(self, path: str | Path) -> None:
+        payload = read_checkpoint(path)
+        self._load_payload(payload)
+        self.train_state["finished"] = False
+
+
+def load(path: str | Path, **overrides) -> AnomalyModel:
+    """A model exactly as saved: weights, config, thresholds, statistics. `overrides` may change run-time
+    settings such as the device."""
+    from .registry import create
+
+    payload = read_checkpoint(path)
+    model = create(payload["model"], **{**payload["config"], **overrides})
+    model._load_payload(payload)
+    return model

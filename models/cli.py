@@ -1,0 +1,139 @@
+"""Command line: python -m medanomaly {list,manifests,train,evaluate,predict}.
+
+The last line `evaluate` prints is one JSON object, so scripts and benchmarks can parse it."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _parse_config(pairs: list[str]) -> dict:
+    """key=value pairs; values are JSON when they parse as JSON (numbers, lists, booleans), else strings."""
+    config = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--config expects key=value, got {pair!r}")
+        try:
+            config[key] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key] = value
+    return config
+
+
+def _cmd_list(args) -> int:
+    from . import describe_models
+
+    for name, info in describe_models().items():
+        print(f"{name:18s} {info['kind']:14s} {info['description']}")
+    return 0
+
+
+def _cmd_manifests(args) -> int:
+    from .data.builders import BUILDERS
+
+    written = BUILDERS[args.dataset](Path(args.data), Path(args.out), **_parse_config(args.config))
+    for split, path in written.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from . import create, load
+
+    config = _parse_config(args.config)
+    if args.epochs is not None:
+        config["epochs"] = args.epochs
+    elif args.minutes is not None:
+        config.setdefault("epochs", 10_000)  # the time budget decides
+    out = Path(args.out)
+    model = create(args.model, **config)
+    history = model.fit(args.manifest, val=args.val, checkpoint=out, minutes=args.minutes)
+    model = load(out)
+    print(json.dumps({"checkpoint": str(out), "model_version": model.model_version, "epochs": len(history),
+                      "train_seconds": sum(h["seconds"] for h in history), "thresholds": model.thresholds,
+                      "calibration": model.calibration["method"]}))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from . import load
+    from .evaluation import evaluate
+
+    model = load(args.checkpoint, **({"device": args.device} if args.device else {}))
+    summary = evaluate(model, args.manifest, args.out, n_overlays=args.overlays)
+    print(json.dumps(summary))
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from . import load, read_image
+    from .io import write_image
+
+    model = load(args.checkpoint, **({"device": args.device} if args.device else {}))
+    result = model.predict(read_image(args.image), threshold=args.threshold)
+    write_image(result.image, args.out, array=result.map)
+    if args.mask_out:
+        write_image(result.image, args.mask_out, array=result.mask)
+    print(json.dumps(result.summary(), default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medanomaly", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="registered models").set_defaults(run=_cmd_list)
+
+    manifests = sub.add_parser("manifests", help="write CSV manifests for a dataset")
+    manifests.add_argument("dataset", help="kermany, mini_mias, nih, brats or dicom_samples")
+    manifests.add_argument("--data", required=True, help="the dataset's folder")
+    manifests.add_argument("--out", required=True)
+    manifests.add_argument("--config", nargs="*", default=[], help="builder options as key=value")
+    manifests.set_defaults(run=_cmd_manifests)
+
+    train = sub.add_parser("train", help="train a model on a manifest and calibrate it")
+    train.add_argument("--model", required=True)
+    train.add_argument("--manifest", required=True)
+    train.add_argument("--val")
+    train.add_argument("--out", required=True, help="checkpoint path; an unfinished one there is resumed")
+    budget = train.add_mutually_exclusive_group()
+    budget.add_argument("--epochs", type=int)
+    budget.add_argument("--minutes", type=float)
+    train.add_argument("--config", nargs="*", default=[], help="model config as key=value")
+    train.set_defaults(run=_cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="metrics, ROC and overlay PNGs on a manifest")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--manifest", required=True)
+    evaluate.add_argument("--out", required=True)
+    evaluate.add_argument("--overlays", type=int, default=6)
+    evaluate.add_argument("--device")
+    evaluate.set_defaults(run=_cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="anomaly map of one film or volume")
+    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("image")
+    predict.add_argument("--out", required=True, help="map file (.nrrd or .nii.gz), on the input's grid")
+    predict.add_argument("--mask-out")
+    predict.add_argument("--threshold", type=float)
+    predict.add_argument("--device")
+    predict.set_defaults(run=_cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .errors import MedAnomalyError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except MedAnomalyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure torch modules, built from MONAI blocks where MONAI has them."""

@@ -1,0 +1,153 @@
+"""Preprocessing steps from the papers, each a small function over numpy arrays in numpy (row, col) order.
+
+Geometric steps return what is needed to undo them, so every map comes back on the input's own grid."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.data.utils import dense_patch_slices
+from monai.transforms import Resize
+from scipy import ndimage
+from skimage.filters import threshold_otsu
+
+
+def to_unit_range(array: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5,
+                  mask: np.ndarray | None = None) -> tuple[np.ndarray, tuple[float, float]]:
+    """Clip to the given percentiles (of the pixels inside `mask` when given) and scale to [0, 1].
+
+    Percentiles rather than min/max so that a burnt-in label or a dead pixel does not squash the film."""
+    values = array[mask > 0] if mask is not None and np.any(mask) else array
+    low, high = np.percentile(values, [low_percentile, high_percentile]).astype(float)
+    if high <= low:  # a constant image: keep it constant rather than dividing by zero
+        return np.zeros_like(array, dtype=np.float32), (low, high)
+    scaled = (np.clip(array, low, high) - low) / (high - low)
+    return scaled.astype(np.float32), (float(low), float(high))
+
+
+@dataclass(frozen=True)
+class ResizeInfo:
+    """How an image was fitted into a square: enough to put a map back on the original grid."""
+
+    original_shape: tuple[int, int]
+    resized_shape: tuple[int, int]
+    offset: tuple[int, int]  # where the resized image starts inside the padded square
+
+    def valid_region(self) -> tuple[slice, slice]:
+        (row, col), (height, width) = self.offset, self.resized_shape
+        return slice(row, row + height), slice(col, col + width)
+
+
+def resize_keep_aspect(array: np.ndarray, size: int, pad_value: float | None = None) -> tuple[np.ndarray, ResizeInfo]:
+    """Resize the longest side to `size` keeping the aspect ratio, then pad to size x size.
+
+    The padding is the image minimum by default (the chest X-ray VAE paper), i.e. background, not a fake
+    bright or dark border that a reconstruction model would have to learn."""
+    fill = float(array.min()) if pad_value is None else float(pad_value)
+    resized = Resize(spatial_size=size, size_mode="longest", mode="area")(array[None].astype(np.float32))
+    resized = np.asarray(resized)[0]
+    height, width = resized.shape
+    offset = ((size - height) // 2, (size - width) // 2)
+    square = np.full((size, size), fill, dtype=np.float32)
+    square[offset[0]:offset[0] + height, offset[1]:offset[1] + width] = resized
+    return square, ResizeInfo(tuple(array.shape), (height, width), offset)
+
+
+def undo_resize(square_map: np.ndarray, info: ResizeInfo) -> np.ndarray:
+    """Crop the padding off a map computed on the square and resize it back to the original grid."""
+    cropped = square_map[info.valid_region()]
+    restored = Resize(spatial_size=info.original_shape, mode="bilinear")(cropped[None].astype(np.float32))
+    return np.asarray(restored)[0].astype(np.float32)
+
+
+def normalise_by_median(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Divide by the median intensity inside `mask` (brain MRI): scanner gain drops out, tissue contrast stays.
+    Pixels outside the mask are set to 0."""
+    inside = mask > 0
+    if not np.any(inside):
+        raise ValueError("normalise_by_median needs a non-empty mask")
+    median = float(np.median(array[inside]))
+    if median == 0:
+        raise ValueError("the median inside the mask is 0; intensities must be positive inside the mask")
+    return np.where(inside, array / median, 0.0).astype(np.float32)
+
+
+def foreground_mask(array: np.ndarray, min_size_fraction: float = 0.01) -> np.ndarray:
+    """Tissue mask by Otsu's threshold, holes filled, specks smaller than `min_size_fraction` of the image removed.
+
+    For mammograms this is the breast; the film background and scanner labels are small or dark."""
+    if float(array.max()) == float(array.min()):
+        return np.zeros(array.shape, dtype=bool)
+    mask = array > threshold_otsu(array)
+    mask = ndimage.binary_fill_holes(mask)
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return mask
+    sizes = ndimage.sum(mask, labels, index=np.arange(1, count + 1))
+    keep = np.flatnonzero(sizes >= min_size_fraction * mask.size) + 1
+    return np.isin(labels, keep)
+
+
+@dataclass
+class Patches:
+    """Patches cut on a grid: `arrays` (N, p, p) and each patch's top-left corner (row, col)."""
+
+    arrays: np.ndarray
+    corners: list[tuple[int, int]]
+    patch_size: int
+    image_shape: tuple[int, int]
+
+
+def grid_corners(shape: tuple[int, int], patch_size: int, stride: int) -> list[tuple[int, int]]:
+    """Top-left corners of a grid at `stride` that covers the whole image (the last row and column of patches
+    are aligned with the border, as MONAI's sliding-window inference does)."""
+    if min(shape) < patch_size:
+        raise ValueError(f"image {shape} is smaller than the patch size {patch_size}")
+    slices = dense_patch_slices(shape, (patch_size, patch_size), (stride, stride))
+    return sorted({(rows.start, cols.start) for rows, cols in slices})
+
+
+def extract_patches(array: np.ndarray, patch_size: int, stride: int, foreground: np.ndarray | None = None,
+                    min_foreground_fraction: float = 0.0) -> Patches:
+    """Cut patch_size^2 patches at `stride`, keeping those whose foreground fraction is >= the minimum
+    (1.0 means wholly inside the foreground, e.g. the lung field)."""
+    corners = grid_corners(array.shape, patch_size, stride)
+    if foreground is not None and min_foreground_fraction > 0:
+        fraction = [float(foreground[r:r + patch_size, c:c + patch_size].mean()) for r, c in corners]
+        corners = [corner for corner, value in zip(corners, fraction) if value >= min_foreground_fraction - 1e-9]
+    arrays = np.stack([array[r:r + patch_size, c:c + patch_size] for r, c in corners]) if corners else \
+        np.zeros((0, patch_size, patch_size), dtype=array.dtype)
+    return Patches(arrays.astype(np.float32), corners, patch_size, tuple(array.shape))
+
+
+def stitch_patches(patch_maps: np.ndarray, corners: list[tuple[int, int]], image_shape: tuple[int, int],
+                   fill_value: float = 0.0) -> np.ndarray:
+    """Put per-patch maps (N, p, p) or per-patch values (N,) back on the image, averaging where patches overlap.
+    Pixels no patch covers get `fill_value`."""
+    total = np.zeros(image_shape, dtype=np.float64)
+    count = np.zeros(image_shape, dtype=np.int32)
+    patch_maps = np.asarray(patch_maps, dtype=np.float64)
+    for value, (row, col) in zip(patch_maps, corners):
+        size = value.shape[-1] if value.ndim == 2 else None
+        if size is None:
+            raise ValueError("per-patch scalars need the patch size: use stitch_patch_values")
+        total[row:row + size, col:col + size] += value
+        count[row:row + size, col:col + size] += 1
+    out = np.full(image_shape, fill_value, dtype=np.float64)
+    covered = count > 0
+    out[covered] = total[covered] / count[covered]
+    return out.astype(np.float32)
+
+
+def stitch_patch_values(values: np.ndarray, corners: list[tuple[int, int]], patch_size: int,
+                        image_shape: tuple[int, int], fill_value: float = 0.0) -> np.ndarray:
+    """Paint one value per patch over its square (e.g. a patch's SAD) and average where patches overlap."""
+    tiles = np.broadcast_to(np.asarray(values, dtype=np.float32)[:, None, None], (len(values), patch_size, patch_size))
+    return stitch_patches(tiles, corners, image_shape, fill_value)
+
+
+def to_tensor_batch(arrays: list[np.ndarray] | np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, H, W) arrays -> (N, 1, H, W) float tensor on `device`."""
+    return torch.as_tensor(np.stack(arrays) if isinstance(arrays, list) else arrays, dtype=torch.float32,
+                           device=device).unsqueeze(1)

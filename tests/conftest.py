@@ -1,0 +1,24 @@
+"""Shared fixtures: real images from ../shared/data (never copied into the repository)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("MEDANOMALY_DATA", ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not DATA.is_dir():
+        pytest.fail(f"the shared data folder is missing: {DATA} (set MEDANOMALY_DATA)")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def kermany_films(data_root) -> dict[str, list[Path]]:
+    """A few real pediatric chest films of each class, in a fixed order."""
+    folder = data_root / "kermany_cxr" / "train"
+    return {label: sorted((folder / label).glob("*.jpeg"))[:12] for label in ("NORMAL", "PNEUMONIA")}
