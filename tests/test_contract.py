@@ -1,0 +1,169 @@
+"""The anomaly-model contract, exercised with the conv autoencoder on real chest films: registry, predict on
+films and volumes, calibration, checkpoints (round trip, atomic write, resume), bad input."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import medanomaly
+from medanomaly import CheckpointError, UnknownModelError, UnsupportedImageError
+from medanomaly.data import BUILDERS, read_manifest
+from medanomaly.io import read_image, write_image
+from medanomaly.metrics import normal_percentile_threshold, youden_threshold
+
+SMALL = {"image_size": 64, "batch_size": 4, "channels": [8, 16, 16], "epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def kermany(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("kermany")
+    paths = BUILDERS["kermany"](data_root, out, max_per_class=6)
+    return {split: read_manifest(path) for split, path in paths.items()}
+
+
+@pytest.fixture(scope="module")
+def trained(kermany, tmp_path_factory):
+    checkpoint = tmp_path_factory.mktemp("ckpt") / "ae.pt"
+    model = medanomaly.create("ae", **SMALL)
+    model.fit(kermany["train"], val=kermany["val"], checkpoint=checkpoint, progress=False)
+    return model, checkpoint
+
+
+def test_registry_lists_creates_and_refuses():
+    assert "ae" in medanomaly.list_models()
+    assert medanomaly.describe_models()["ae"]["default_config"]["image_size"] == 160
+    assert isinstance(medanomaly.create("ae"), medanomaly.AnomalyModel)
+    with pytest.raises(UnknownModelError, match="no-such-model"):
+        medanomaly.create("no-such-model")
+    with pytest.raises(ValueError, match="imagesize"):
+        medanomaly.create("ae", imagesize=64)
+
+
+def test_predict_returns_map_and_mask_on_the_film_grid(trained, data_root):
+    model, _ = trained
+    film = read_image(data_root / "dicom" / "pydicom_data" / "RG1_UNCR.dcm")  # not square, not 64 px
+    result = model.predict(film)
+    assert result.map.shape == film.shape and result.map.dtype == np.float32
+    assert result.mask.shape == film.shape and result.mask.dtype == np.uint8
+    assert np.array_equal(result.mask, (result.map >= result.meta["pixel_threshold"]).astype(np.uint8))
+    assert result.score == pytest.approx(float(result.map.mean()), rel=0.1)  # MAE of the residual
+    for key in ("model", "model_version", "image_threshold", "pixel_threshold", "threshold_source", "timings"):
+        assert key in result.meta
+    override = model.predict(film, threshold=0.0)
+    assert override.mask.all() and override.meta["threshold_source"] == "request"
+
+
+def test_volume_map_keeps_the_volume_geometry(trained, data_root, tmp_path):
+    model, _ = trained
+    volume = read_image(data_root / "nifti" / "ixi_nichart" / "IXI012-HH-1211_T1.nii.gz")
+    result = model.predict(volume)
+    assert result.map.shape == volume.shape
+    assert len(result.meta["slice_scores"]) == volume.shape[0]
+    assert result.score == pytest.approx(max(result.meta["slice_scores"]))
+    write_image(result.image, tmp_path / "map.nrrd", array=result.map)
+    written = read_image(tmp_path / "map.nrrd")
+    assert written.same_geometry(volume)
+    np.testing.assert_allclose(written.array, result.map)
+
+
+def test_calibration_with_abnormal_cases_uses_youden(trained, kermany):
+    model, _ = trained
+    assert model.calibration["method"] == "youden"
+    items = kermany["val"]
+    scores = [model.predict(read_image(case.image)).score for case in items]
+    expected = youden_threshold([int(c.is_abnormal) for c in items], scores)
+    assert model.thresholds["image"] == pytest.approx(expected.threshold)
+    assert model.calibration["image"]["sensitivity"] == pytest.approx(expected.sensitivity)
+
+
+def test_calibration_with_normals_only_uses_a_percentile(trained, kermany):
+    model, _ = trained
+    normals = [case for case in kermany["val"] if not case.is_abnormal]
+    model_copy = medanomaly.load(trained[1])
+    record = model_copy.calibrate(normals)
+    scores = [model.predict(read_image(case.image)).score for case in normals]
+    assert record["method"] == "normal-percentile"
+    assert model_copy.thresholds["image"] == pytest.approx(normal_percentile_threshold(scores, 0.05))
+
+
+def test_checkpoint_round_trip_gives_the_same_map(trained, kermany, tmp_path):
+    model, checkpoint = trained
+    film = read_image(kermany["val"][0].image)
+    loaded = medanomaly.load(checkpoint)
+    before, after = model.predict(film), loaded.predict(film)
+    np.testing.assert_array_equal(before.map, after.map)
+    assert before.score == after.score
+    assert loaded.model_version == model.model_version
+    assert loaded.thresholds == model.thresholds and loaded.calibration == model.calibration
+    payload = torch.load(checkpoint, weights_only=True)
+    assert payload["calibration"]["method"] == "youden"
+    assert payload["preprocessing"] == {"image_size": 64, "clip_percentiles": [0.5, 99.5]}
+    assert payload["stats"]["map_display_range"][0] < payload["stats"]["map_display_range"][1]
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(kermany, tmp_path):
+    uninterrupted = medanomaly.create("ae", **SMALL)
+    uninterrupted.fit(kermany["train"], progress=False)
+
+    class Interrupted(Exception):
+        pass
+
+    def crash_after_first_epoch(record):
+        if record["epoch"] == 1:
+            raise Interrupted
+
+    checkpoint = tmp_path / "ae.pt"
+    with pytest.raises(Interrupted):
+        medanomaly.create("ae", **SMALL).fit(kermany["train"], checkpoint=checkpoint, progress=False,
+                                             on_epoch_end=crash_after_first_epoch)
+    assert torch.load(checkpoint, weights_only=True)["train_state"]["epoch"] == 1
+    resumed = medanomaly.create("ae", **SMALL)
+    history = resumed.fit(kermany["train"], checkpoint=checkpoint, progress=False)
+    assert [h["epoch"] for h in history] == [1, 2]
+    for name, value in uninterrupted.network.state_dict().items():
+        torch.testing.assert_close(resumed.network.state_dict()[name], value, msg=name)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(trained, tmp_path, monkeypatch):
+    model, checkpoint = trained
+    target = tmp_path / "model.pt"
+    model.save(target)
+    original = target.read_bytes()
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        model.save(target)
+    assert target.read_bytes() == original
+    assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_unsupervised_training_leaves_abnormal_images_out(kermany):
+    model = medanomaly.create("ae", **{**SMALL, "epochs": 1})
+    history = model.fit(kermany["val"], progress=False)
+    n_normal = sum(not case.is_abnormal for case in kermany["val"])
+    assert history[0]["samples"] == n_normal < len(kermany["val"])
+
+
+def test_bad_inputs_raise_clear_errors(trained, tmp_path):
+    model, checkpoint = trained
+    with pytest.raises(UnsupportedImageError, match="NaN or Inf"):
+        model.predict(np.full((32, 32), np.nan, dtype=np.float32))
+    with pytest.raises(UnsupportedImageError, match="2D film"):
+        model.predict(np.zeros((2, 2, 32, 32), dtype=np.float32))
+    with pytest.raises(UnsupportedImageError, match="zero size"):
+        model.predict(np.zeros((0, 32), dtype=np.float32))
+    with pytest.raises(ValueError, match="cannot be set per request"):
+        model.predict(np.zeros((32, 32), dtype=np.float32), image_size=32)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        medanomaly.load(corrupt)
+    with pytest.raises(CheckpointError, match="not found"):
+        medanomaly.load(tmp_path / "missing.pt")
+    other = medanomaly.create("ae", channels=[4, 8, 8])
+    with pytest.raises(CheckpointError, match="do not fit"):
+        other._load_payload(torch.load(checkpoint, weights_only=True))
