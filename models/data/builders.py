@@ -45,7 +45,7 @@ def _require(path: Path, what: str = "") -> Path:
 
 def _dataset_dir(data_root, folder: str, marker: str) -> Path:
     """`data_root/folder`, or `data_root` itself when it already is that data set (holds `marker`)."""
-    root = Path(data_root) if data_root is not None else default_data_root()
+    root = (Path(data_root) if data_root is not None else default_data_root()).resolve()  # rows must not depend on the cwd
     if (root / folder / marker).exists() or not (root / marker).exists():
         return _require(root / folder, "data set folder")
     return root
@@ -383,7 +383,7 @@ def build_dicom_samples(data_root, out_dir) -> dict:
     segmentations, not images) plus the healthy-brain NIfTI volumes (IXI T1, MNI152 T1) as label 1.
     Columns modality and body_part come from the DICOM header (pydicom, stop_before_pixels). Written to test.csv.
     """
-    root = Path(data_root) if data_root is not None else default_data_root()
+    root = (Path(data_root) if data_root is not None else default_data_root()).resolve()  # rows must not depend on the cwd
     dicom_root = _require(root / "dicom", "DICOM folder")
     nifti_root = _require(root / "nifti", "NIfTI folder")
 

@@ -15,7 +15,7 @@ class ConvAutoEncoderModel(FilmReconstructionModel):
                    "Map: reconstruction residual; score: its mean.")
     default_config = {
         **FilmReconstructionModel.default_config,
-        "channels": [32, 64, 128],
+        "channels": [16, 32, 64],
         "latent_channels": 1,
         "noise_std": 0.0,  # > 0 trains a denoising autoencoder: Gaussian noise on the input, clean target
         "batch_size": 16,

@@ -10,7 +10,7 @@ from torch import nn
 
 
 class ConvAutoEncoder(nn.Module):
-    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (32, 64, 128), latent_channels: int = 1):
+    def __init__(self, in_channels: int = 1, channels: Sequence[int] = (16, 32, 64), latent_channels: int = 1):
         super().__init__()
         encoder, previous = [], in_channels
         for width in channels:
