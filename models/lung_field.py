@@ -21,6 +21,7 @@ from .preprocess import to_unit_range
 
 SMOOTHING_SIGMA = 5.0
 DEPTH_FRACTION = 0.12  # of the deepest basins' depth
+EDGE_GROWTH = 4  # pixels at the working size
 WORKING_SIZE = 256  # the classical steps run on a 256-pixel film: structuring elements are sized for it
 
 # Architecture assumed for a state-dict checkpoint (a TorchScript file carries its own).
@@ -89,13 +90,13 @@ def _largest_per_side(candidates: np.ndarray, min_fraction: float = 0.01) -> np.
 
 
 def _smooth_lungs(mask: np.ndarray) -> np.ndarray:
-    """Close and fill each lung so that vessels and hilar shadows inside it belong to the field."""
+    """Each lung as its convex hull, grown by a few pixels: the blurred basin stops short of the lung's edge
+    (the ribs and the chest wall rim it), and the hull takes in the vessels and hilar shadows inside the field."""
     out = np.zeros(mask.shape, dtype=bool)
     labels = measure.label(mask)
     for region in measure.regionprops(labels):
-        lung = ndimage.binary_closing(np.pad(labels == region.label, 8), morphology.disk(6))[8:-8, 8:-8]
-        out |= ndimage.binary_fill_holes(lung)
-    return out
+        out |= morphology.convex_hull_image(labels == region.label)
+    return ndimage.binary_dilation(out, morphology.disk(EDGE_GROWTH))
 
 
 def _basin_depth(smooth: np.ndarray) -> np.ndarray:
