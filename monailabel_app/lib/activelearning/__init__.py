@@ -1,0 +1,3 @@
+from .anomaly_strategies import MostAnomalous, MostUncertain
+
+__all__ = ["MostAnomalous", "MostUncertain"]

@@ -1,0 +1,3 @@
+from .anomaly import AnomalyModelConfig, model_configs
+
+__all__ = ["AnomalyModelConfig", "model_configs"]

@@ -1,0 +1,3 @@
+from .anomaly_infer import AnomalyInferTask
+
+__all__ = ["AnomalyInferTask"]

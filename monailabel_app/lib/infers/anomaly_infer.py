@@ -1,0 +1,117 @@
+"""One infer task for every registered model: `medanomaly.load(checkpoint).predict(image, threshold, **options)`.
+
+Built on MONAI Label's light `InferTask` interface, not `BasicInferTask`: the latter wraps a bare network in
+MONAI pre/post transforms and an inferer, while a medanomaly model already owns its preprocessing, its slice by
+slice scoring of films and volumes, its thresholds and calibration. Wrapping it in transforms would copy that
+logic per model; the contract's `predict` is the single entry point instead."""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from fastapi import HTTPException
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+
+from medanomaly.errors import ModalityMismatchError, UnsupportedImageError
+from medanomaly.io import write_image
+
+from ..configs import AnomalyModelConfig
+from ..inputs import infer_options, load_image, modality_check, unprocessable
+from ..results import ResultStore
+
+
+def json_safe(value):
+    """Numbers, lists and dicts only, NaN/Inf as null: the result must survive json.dumps in the endpoint."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist()) if value.size <= 4096 else f"<array {list(value.shape)}>"
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+class AnomalyInferTask(InferTask):
+    def __init__(self, config: AnomalyModelConfig, results: ResultStore, label_dir: Path, modality_mode: str):
+        description = config.cls.describe()
+        super().__init__(
+            type="anomaly",
+            labels={"anomaly": 1},
+            dimension=2,
+            description=description["description"] or config.name,
+            config={"threshold": None, **{key: description["default_config"].get(key)
+                                          for key in description["inference_options"]}},
+        )
+        self.model_config = config
+        self.results = results
+        self.label_dir = Path(label_dir)
+        self.modality_mode = modality_mode
+
+    def info(self):
+        return {**super().info(), "medanomaly": self.model_config.describe()}
+
+    def is_valid(self) -> bool:
+        return True  # listed even before training: infer then answers 409 with what to do
+
+    def __call__(self, request):
+        started = time.perf_counter()
+        name = self.model_config.name
+        threshold, options, label_suffix = infer_options(request, self.model_config.cls)
+        model = self.model_config.model()
+        if model is None:
+            raise HTTPException(status_code=409, detail=f"model {name} is not trained yet; POST /train/{name}")
+
+        image = load_image(request["image"])
+        read_seconds = time.perf_counter() - started
+        screen = modality_check(image, self.model_config.modalities, self.model_config.body_parts, self.modality_mode)
+        if screen["status"] == "mismatch" and self.modality_mode == "refuse":
+            raise unprocessable(f"model {name} does not take this image: {screen['message']} "
+                                f"(conf modality_check=flag serves it with a warning)")
+
+        with self.model_config.lock():
+            try:
+                result = model.predict(image, threshold=threshold, **options)
+            except (UnsupportedImageError, ModalityMismatchError) as error:
+                raise unprocessable(f"cannot use this image: {error}") from None
+            except ValueError as error:  # an option value the model refuses
+                raise HTTPException(status_code=400, detail=f"{name}: {error}") from None
+
+        written = time.perf_counter()
+        self.label_dir.mkdir(parents=True, exist_ok=True)
+        label_file = tempfile.NamedTemporaryFile(dir=self.label_dir, prefix="label-", suffix=label_suffix,
+                                                 delete=False).name
+        write_image(image, label_file, result.mask.astype(np.uint8))
+        result_id, urls = self.results.save(image, {"anomaly": result.map, **result.extras})
+        write_seconds = time.perf_counter() - written
+
+        meta = dict(result.meta)
+        timings = {**meta.pop("timings", {}), "read_seconds": read_seconds, "write_seconds": write_seconds,
+                   "total_seconds": time.perf_counter() - started}
+        body = {
+            **meta,
+            "model": name,
+            "score": result.score,
+            "class_probabilities": meta.get("class_probabilities"),
+            "shape": list(image.shape),
+            "spacing": list(image.spacing),
+            "modality": screen["modality"],
+            "modality_check": screen,
+            "result_id": result_id,
+            "heatmap": {"url": urls["anomaly"], "format": "nrrd", "dtype": "float32"},
+            "maps": urls,
+            "timings": timings,
+            "label_names": {"anomaly": 1},
+        }
+        return label_file, json.loads(json.dumps(json_safe(body)))

@@ -1,0 +1,69 @@
+"""Float maps of recent inferences, kept on the server so that a client can fetch the heatmap (and extras such as
+the aleatoric uncertainty) after the labelmap: GET /medanomaly/maps/{result_id}/{name}.nrrd.
+
+Kept in a folder outside the datastore, pruned to the latest `keep` results and at most `ttl_minutes` old."""
+from __future__ import annotations
+
+import re
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from medanomaly.io import MedicalImage, write_image
+
+RESULT_ID = re.compile(r"^[0-9a-f]{32}$")
+MAP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class ResultStore:
+    def __init__(self, folder: Path, keep: int = 200, ttl_minutes: float = 60.0):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+        self.ttl = ttl_minutes * 60.0
+        self._lock = threading.Lock()
+
+    def save(self, image: MedicalImage, maps: dict[str, np.ndarray]) -> tuple[str, dict[str, str]]:
+        """Write each float map on the image's grid; returns the result id and {name: relative URL}."""
+        result_id = uuid.uuid4().hex
+        staging = self.folder / f".{result_id}.partial"
+        staging.mkdir()
+        urls = {}
+        try:
+            for name, array in maps.items():
+                if not MAP_NAME.match(name):
+                    continue
+                write_image(image, staging / f"{name}.nrrd", np.asarray(array, dtype=np.float32))
+                urls[name] = f"/medanomaly/maps/{result_id}/{name}.nrrd"
+            staging.rename(self.folder / result_id)  # a result appears whole or not at all
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.prune()
+        return result_id, urls
+
+    def path(self, result_id: str, name: str) -> Path | None:
+        if not RESULT_ID.match(result_id) or not MAP_NAME.match(name):
+            return None
+        path = self.folder / result_id / f"{name}.nrrd"
+        return path if path.is_file() else None
+
+    def names(self, result_id: str) -> list[str] | None:
+        if not RESULT_ID.match(result_id) or not (self.folder / result_id).is_dir():
+            return None
+        return sorted(p.stem for p in (self.folder / result_id).glob("*.nrrd"))
+
+    def prune(self) -> None:
+        with self._lock:
+            now = time.time()
+            entries = sorted((p for p in self.folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime,
+                             reverse=True)
+            for index, entry in enumerate(entries):
+                age = now - entry.stat().st_mtime
+                stale_partial = entry.name.startswith(".") and age > 600
+                if stale_partial or (not entry.name.startswith(".") and (index >= self.keep or age > self.ttl)):
+                    shutil.rmtree(entry, ignore_errors=True)

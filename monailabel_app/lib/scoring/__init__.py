@@ -1,0 +1,3 @@
+from .anomaly_score import AnomalyScoring, image_scores
+
+__all__ = ["AnomalyScoring", "image_scores"]
