@@ -260,7 +260,8 @@ class MedAnomalyLogic(ScriptedLoadableModuleLogic):
     def volumeFromNode(volumeNode):
         matrix = vtk.vtkMatrix4x4()
         volumeNode.GetIJKToRASMatrix(matrix)
-        return Volume(slicer.util.arrayFromVolume(volumeNode).copy(), slicer.util.arrayFromVTKMatrix(matrix))
+        return Volume.from_slicer_array(slicer.util.arrayFromVolume(volumeNode).copy(),
+                                        slicer.util.arrayFromVTKMatrix(matrix))
 
     @staticmethod
     def updateNodeFromVolume(node, volume):

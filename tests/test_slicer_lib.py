@@ -42,6 +42,16 @@ def test_film_as_single_slice_nrrd_matches_simpleitk(kermany_films, tmp_path):
     np.testing.assert_array_equal(back.array, film.array)
 
 
+def test_colour_film_from_slicer_becomes_grey(kermany_films):
+    rgb = sitk.GetArrayFromImage(sitk.ReadImage(str(kermany_films["NORMAL"][2])))  # Kermany JPEGs are RGB
+    assert rgb.ndim == 3 and rgb.shape[-1] == 3
+    volume = Volume.from_slicer_array(rgb[np.newaxis], np.diag([-1.0, -1.0, 1.0, 1.0]))
+    assert volume.shape == (1,) + rgb.shape[:2]
+    np.testing.assert_allclose(volume.array[0], rgb.astype(np.float32).mean(axis=-1))
+    with pytest.raises(VolumeFormatError, match="5 components"):
+        Volume.from_slicer_array(np.zeros((1, 4, 4, 5)), np.eye(4))
+
+
 def test_oblique_volume_round_trips_through_nrrd_and_nifti(data_root, tmp_path):
     image = sitk.ReadImage(str(sorted((data_root / "nifti").rglob("*.nii*"))[0]))
     source = read_volume(sorted((data_root / "nifti").rglob("*.nii*"))[0])

@@ -120,6 +120,10 @@ class MonaiLabelClient:
         return self._json("PUT", "/datastore/label", query={"image": image_id, "tag": tag}, body=body,
                           content_type=content_type)
 
+    def download_label(self, image_id: str, folder, tag: str = "final") -> Path:
+        return self._download("/datastore/label", {"label": image_id, "tag": tag}, folder,
+                              fallback_name=f"{image_id}-{tag}.nii.gz")
+
     def infer(self, model: str, image_id: str, params: dict | None = None) -> tuple[dict, bytes | None, str]:
         """(result JSON, labelmap file bytes or None, labelmap file name) for an image already in the datastore."""
         body, content_type = encode_multipart({"params": json.dumps(params or {})}, {})

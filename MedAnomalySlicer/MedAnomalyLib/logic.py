@@ -22,7 +22,8 @@ from .jobs import Job, JobContext, JobState
 from .signals import Signal
 from .volume import Volume, read_volume, write_volume
 
-_EPOCH = re.compile(r"epoch\D{0,3}(\d+)\s*(?:/|of)\s*(\d+)", re.IGNORECASE)
+# Training log lines name the epoch ("epoch 3/10", "epoch 3 of 10" or "epoch 3: loss ...").
+_EPOCH = re.compile(r"epoch\D{0,3}(\d+)(?:\s*(?:/|of)\s*(\d+))?", re.IGNORECASE)
 
 
 @dataclass
@@ -282,7 +283,7 @@ class AnomalyWorkflow:
                     if task_id and status.get("id") not in (None, task_id):
                         continue  # an older task's status: ours is queued
                     state = str(status.get("status", "")).upper()
-                    fraction = _training_fraction(status, begun, minutes)
+                    fraction = _training_fraction(status, begun, minutes, params.get("epochs"))
                     context.report(fraction, f"Training {model}: {state.lower() or 'waiting'}"
                                              f"{_last_line(status)}")
                     if state in ("DONE", "ERROR", "STOPPED"):
@@ -320,12 +321,14 @@ class AnomalyWorkflow:
         shutil.rmtree(self._work_dir, ignore_errors=True)
 
 
-def _training_fraction(status: dict, begun: float, minutes) -> float | None:
+def _training_fraction(status: dict, begun: float, minutes, epochs) -> float | None:
+    """Progress from the log's last epoch line, else from the time limit; None when nothing tells."""
     matches = _EPOCH.findall(" ".join(str(line) for line in (status.get("details") or [])[-20:]))
     if matches:
-        current, total = (int(v) for v in matches[-1])
+        current, total = matches[-1]
+        total = int(total) if total else int(epochs or 0)
         if total > 0:
-            return min(current / total, 0.99)
+            return min(int(current) / total, 0.99)
     if minutes:
         return min((time.monotonic() - begun) / (60.0 * float(minutes)), 0.99)
     return None

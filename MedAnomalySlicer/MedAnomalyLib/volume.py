@@ -55,6 +55,17 @@ class Volume:
         self.ijk_to_ras = np.asarray(self.ijk_to_ras, dtype=float).reshape(4, 4)
 
     @classmethod
+    def from_slicer_array(cls, array: np.ndarray, ijk_to_ras) -> "Volume":
+        """From slicer.util.arrayFromVolume: a colour film (a vector volume, [k, j, i, rgb]) becomes grey, since
+        the models score one channel."""
+        array = np.asarray(array)
+        if array.ndim == 4:
+            if array.shape[-1] not in (1, 3, 4):
+                raise VolumeFormatError(f"a vector volume with {array.shape[-1]} components cannot be scored")
+            array = array[..., :3].astype(np.float32).mean(axis=-1)
+        return cls(array, ijk_to_ras)
+
+    @classmethod
     def film(cls, pixels: np.ndarray, spacing=(1.0, 1.0)) -> "Volume":
         """A 2D film the way Slicer loads it: one slice, LPS-aligned axes (RAS diagonal -1, -1, 1)."""
         matrix = np.diag([-float(spacing[1]), -float(spacing[0]), 1.0, 1.0])
