@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 MODEL ?= ae
 DATA ?= ../shared/data
 
-.PHONY: venv test serve models bench clean-venv
+.PHONY: venv test serve models orthanc bench clean-venv
 
 $(INSTALLED): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,14 +16,35 @@ $(INSTALLED): requirements.txt constraints.txt pyproject.toml
 
 venv: $(INSTALLED)
 
-test: $(INSTALLED)
+test: $(INSTALLED) orthanc
 	$(PY) -m pytest -q
+
+# The DICOMweb test runs a real Orthanc (Debian packages); installed once, skipped where apt-get is not usable.
+orthanc:
+	@command -v Orthanc >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb; \
+	  else echo "Orthanc is not installed and apt-get is not usable here: the DICOMweb test will be skipped"; fi; }
 
 bench: $(INSTALLED)
 	$(PY) benchmarks/bench_model.py --model $(MODEL) --data $(DATA)
 
+# The server: a datastore folder filled from sample_data/ (which stays untouched), checkpoints from `make models`.
+STUDIES ?= monailabel_app/studies
+MODEL_DIR ?= monailabel_app/model
+HOST ?= 127.0.0.1
+PORT ?= 8000
+SERVER_ENV := PATH="$(abspath $(VENV))/bin:$$PATH" MONAILABEL_PYEXE="$(abspath $(PY))" \
+	MONAI_LABEL_AUTO_UPDATE_SCORING=false MONAI_LABEL_SESSIONS=false
+
+models: $(INSTALLED)
+	$(PY) monailabel_app/make_models.py --studies $(STUDIES) --model-dir $(MODEL_DIR)
+
 serve: $(INSTALLED)
-	@echo "The MONAI Label server app is not in this build yet."; exit 1
+	@test -f $(MODEL_DIR)/ae/model.pt || $(MAKE) models
+	$(PY) monailabel_app/make_models.py --studies $(STUDIES) --fill-only
+	$(SERVER_ENV) monailabel start_server --app monailabel_app --studies $(STUDIES) \
+		--host $(HOST) --port $(PORT) --conf model_dir $(abspath $(MODEL_DIR))
 
 clean-venv:
 	rm -rf $(VENV)

@@ -71,6 +71,28 @@ class AnomalyModelConfig:
     def is_trained(self) -> bool:
         return self.checkpoint.is_file()
 
+    def takes_films(self) -> bool | None:
+        """True for film models, False for volume (MR) models, None when the model did not say."""
+        from .modalities import FILM_MODALITIES, VOLUME_MODALITIES
+
+        if not self.modalities:
+            return None
+        if set(self.modalities) <= set(VOLUME_MODALITIES):
+            return False
+        if set(self.modalities) <= set(FILM_MODALITIES):
+            return True
+        return None
+
+    def accepts(self, image) -> bool:
+        """Whether a datastore image is for this model: its DICOM modality (when known) and its kind, a film (2D
+        or one slice) or a volume, must fit. Keeps brain volumes out of a film model's training and back."""
+        modality = (image.meta.get("modality") or "").upper()
+        if modality and self.modalities and modality not in self.modalities:
+            return False
+        films = self.takes_films()
+        is_film = image.array.ndim == 2 or image.array.shape[0] == 1
+        return films is None or films == is_film
+
     # ----- serving -----
     def lock(self):
         return self._lock

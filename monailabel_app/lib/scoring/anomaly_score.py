@@ -34,9 +34,12 @@ def pick_model(configs: dict, request: dict):
     raise HTTPException(status_code=409, detail="no model is trained yet; POST /train/<model> first")
 
 
-def score_image(config, datastore: Datastore, image_id: str) -> dict:
+def score_image(config, datastore: Datastore, image_id: str) -> dict | None:
+    """The image's score record, or None when the image is not for this model (a volume for a film model...)."""
     model = config.model()
     image = load_image(datastore.get_image_uri(image_id))
+    if not config.accepts(image):
+        return None
     with config.lock():
         result = model.predict(image)
     uncertainty = None
@@ -63,6 +66,8 @@ def image_scores(config, datastore: Datastore, image_ids: list[str], refresh: bo
             record = score_image(config, datastore, image_id)
         except HTTPException as error:  # an unreadable image is skipped, not fatal
             logger.warning(f"cannot score {image_id}: {error.detail}")
+            continue
+        if record is None:
             continue
         stored = dict(info.get(INFO_KEY) or {})
         stored[config.name] = record

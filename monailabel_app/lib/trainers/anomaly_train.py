@@ -24,7 +24,7 @@ import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
-from medanomaly.errors import ManifestError, UnsupportedImageError
+from medanomaly.errors import ManifestError
 
 from ..configs import AnomalyModelConfig
 from ..configs.anomaly import read_json, write_json_atomic
@@ -37,14 +37,17 @@ REQUEST_KEYS = {"model", "gpus", "local_rank", "bundle_path", "client_id", "enqu
 HOLD_OUT_EVERY = 5  # with abnormal images present, every 5th normal is kept for calibration
 
 
-def datastore_items(datastore: Datastore) -> list:
-    """Every readable datastore image as a training item (.image, .mask, .roi, .label, .is_abnormal, .id)."""
+def datastore_items(datastore: Datastore, accepts=None) -> list:
+    """Every readable datastore image (that `accepts(image)`, when given) as a training item with .image, .mask,
+    .roi, .label, .is_abnormal and .id."""
     items = []
     for image_id in sorted(datastore.list_images()):
         try:
             image = load_image(datastore.get_image_uri(image_id))
         except Exception as error:  # an unreadable file in the studies folder must not stop training
             logger.warning(f"skipping image {image_id}: {getattr(error, 'detail', error)}")
+            continue
+        if accepts is not None and not accepts(image):
             continue
         mask, label_info = None, {}
         labels = datastore.get_labels_by_image_id(image_id) or {}
@@ -96,7 +99,9 @@ class AnomalyTrainTask(TrainTask):
         settings = {**self.defaults, **{k: v for k, v in request.items() if k not in REQUEST_KEYS}}
         minutes = settings.pop("minutes", None)
         started = time.time()
-        items = datastore_items(datastore)
+        items = datastore_items(datastore, self.model_config.accepts)
+        if not items:
+            raise ValueError(f"{name}: no datastore image fits this model (expects {self.model_config.modalities})")
         supervised = self.model_config.cls.supervised
         train, val = split(items, supervised)
         model = medanomaly.create(name)

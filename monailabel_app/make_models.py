@@ -1,0 +1,89 @@
+"""Train first checkpoints for the server on the sample data, quickly on the CPU (`make models`).
+
+Runs the server's own train task for every registered model, on a datastore folder (filled from sample_data/
+when empty), with a few epochs and a wall-time budget. A model that fails, or whose turn comes after the budget
+is spent, is skipped with the reason logged: it can still be trained later through POST /train/<model>.
+
+    python monailabel_app/make_models.py [--studies DIR] [--model-dir DIR] [--models ae,dae] [--minutes 2]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+APP_DIR = Path(__file__).resolve().parent
+REPO = APP_DIR.parent
+os.environ.setdefault("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")
+os.environ.setdefault("MONAI_LABEL_DATASTORE_AUTO_RELOAD", "false")
+sys.path.insert(0, str(APP_DIR))
+
+
+def fill_studies(studies: Path, sample: Path) -> None:
+    """Copy the sample films and volumes into an empty datastore folder (sample_data/ itself stays untouched)."""
+    studies.mkdir(parents=True, exist_ok=True)
+    if any(p for p in studies.iterdir() if p.is_file() and not p.name.startswith(".")):
+        return
+    for folder in sorted(p for p in sample.iterdir() if p.is_dir()):
+        for file in sorted(folder.iterdir()):
+            if file.is_file() and not file.name.startswith("."):
+                shutil.copy2(file, studies / file.name)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--studies", default=str(APP_DIR / "studies"))
+    parser.add_argument("--sample", default=str(REPO / "sample_data"))
+    parser.add_argument("--model-dir", default=str(APP_DIR / "model"))
+    parser.add_argument("--models", default="all", help="comma-separated names (default: every registered model)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--minutes", type=float, default=3.0, help="wall-time budget for all models together")
+    parser.add_argument("--force", action="store_true", help="retrain models that already have a checkpoint")
+    parser.add_argument("--fill-only", action="store_true", help="only fill an empty datastore folder")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from main import MedAnomalyApp
+
+    studies = Path(args.studies)
+    fill_studies(studies, Path(args.sample))
+    if args.fill_only:
+        return 0
+    app = MedAnomalyApp(str(APP_DIR), str(studies), {"model_dir": args.model_dir, "models": args.models})
+    names = list(app.model_configs)
+    if "ae" in names:  # the baseline first: it must exist even when the budget runs out
+        names.remove("ae")
+        names.insert(0, "ae")
+    deadline = time.monotonic() + args.minutes * 60
+    trained, skipped = [], []
+    for index, name in enumerate(names):
+        config = app.model_configs[name]
+        if config.is_trained() and not args.force:
+            print(f"{name}: already trained ({config.record().get('model_version')})")
+            trained.append(name)
+            continue
+        left = (deadline - time.monotonic()) / 60
+        if left <= 0:
+            skipped.append((name, "time budget spent"))
+            continue
+        started = time.monotonic()
+        try:
+            result = app._trainers[name]({"epochs": args.epochs, "minutes": max(left / (len(names) - index), 0.05)}, app.datastore())
+            trained.append(name)
+            print(f"{name}: {result['model_version']} in {time.monotonic() - started:.0f} s")
+        except Exception as error:  # one model's failure must not stop the others
+            reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            skipped.append((name, reason))
+            print(f"{name}: skipped ({reason})")
+    print(f"trained: {', '.join(trained) or 'none'}")
+    for name, reason in skipped:
+        print(f"not trained: {name} ({reason}); train it with POST /train/{name}")
+    return 0 if "ae" in trained or "ae" not in names else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
