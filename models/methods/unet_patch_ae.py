@@ -9,6 +9,11 @@ every pixel is covered). A patch's SAD is mean |input - output|; the map paints 
 averages overlaps and is resized back onto the film's grid. The image score is one of four figures (mean or max
 SAD over the lung patches or over all patches, `score` in the config); all four are in `meta["sad_scores"]`.
 
+A property of the paper's loss worth knowing: on intensities (not binary masks) the Dice of a patch with itself is
+sum(J^2) / sum(J) < 1, and the loss is lowest when the output pushes pixels brighter than about half the Dice to 1
+and the others to 0. The autoencoder thus learns a contrast-stretched copy, not the patch itself; `loss="l1"`
+trains for an exact copy instead, for comparison.
+
 Patch count: a 256x256 film at stride 20 gives 13 x 13 = 169 patches (corners 0, 20, ..., 220 and 224 on each
 axis). The paper quotes 420 for a 256^2 film; 420 is not a square number, so no square grid at one stride gives it
 (20 x 21 would be stride ~12 on one axis and ~11 on the other, or stride 20 over a ~412 x 432 film)."""
@@ -74,6 +79,7 @@ class UNetPatchAutoEncoderModel(AnomalyModel):
         "lung_patch_fraction": 1.0,  # a training (and 'lung') patch lies wholly inside the lung field
         "lung_checkpoint": None,  # local TorchScript / MONAI UNet state-dict for lung segmentation; None: classical
         "score": "lung_mean",  # one of lung_mean, lung_max, all_mean, all_max
+        "loss": "dice",  # "dice": the paper's -ln Dice on intensities; "l1": mean |output - input|
         "dice_eps": 1e-6,
         "batch_size": 64,
         "learning_rate": 1e-3,
@@ -87,6 +93,8 @@ class UNetPatchAutoEncoderModel(AnomalyModel):
         super().__init__(**config)
         if self.config["score"] not in SCORE_NAMES:
             raise ValueError(f"{self.name}: score must be one of {SCORE_NAMES}, got {self.config['score']!r}")
+        if self.config["loss"] not in ("dice", "l1"):
+            raise ValueError(f"{self.name}: loss must be 'dice' or 'l1', got {self.config['loss']!r}")
         if int(self.config["patch_size"]) % (2 ** (len(self.config["channels"]) - 1)):
             raise ValueError(f"{self.name}: patch_size must be divisible by the U-Net's total downsampling")
         self.segmenter = LungFieldSegmenter(self.config["lung_checkpoint"])
@@ -118,7 +126,10 @@ class UNetPatchAutoEncoderModel(AnomalyModel):
         return samples
 
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
-        return intensity_dice_loss(self.network(x), x, float(self.config["dice_eps"]))
+        output = self.network(x)
+        if self.config["loss"] == "l1":
+            return (output - x).abs().mean()
+        return intensity_dice_loss(output, x, float(self.config["dice_eps"]))
 
     # ----- scanning -----
     @torch.no_grad()
