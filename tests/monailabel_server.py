@@ -145,3 +145,38 @@ def running_server(studies, app=APP_DIR, conf: dict | None = None, env: dict | N
         yield server.url
     finally:
         server.stop()
+
+
+def fill_studies(dest, files) -> "Path":
+    """A datastore folder holding copies of `files` (the sources stay untouched)."""
+    import shutil
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        shutil.copy2(file, dest / Path(file).name)
+    return dest
+
+
+def publish_quick_model(model_dir, films, name: str = "ae", epochs: int = 1, **config) -> str:
+    """Train `name` for a few steps in this process and publish it where the server looks (model_dir/name/model.pt);
+    returns its model_version. Saves a server round trip in tests that need a trained model but not training."""
+    import medanomaly
+
+    folder = Path(model_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    model = medanomaly.create(name, **config)
+    model.fit([str(f) for f in films], epochs=epochs, progress=False, checkpoint=folder / "training.pt")
+    os.replace(folder / "training.pt", folder / "model.pt")
+    return model.model_version
+
+
+def wait_for_training(url: str, timeout: float = 300.0, poll: float = 2.0) -> dict:
+    """Poll GET /train/ until the last training is no longer running; returns its status record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = http_json(url + "/train/")
+        if status.get("status") not in ("SUBMITTED", "RUNNING"):
+            return status
+        time.sleep(poll)
+    raise TimeoutError(f"training still running after {timeout:.0f} s")
