@@ -6,7 +6,7 @@ probabilities in `meta["class_probabilities"]`.
 
 A subclass fills `build_network` (a torch module mapping (N, C, S, S) to (N, K) logits) and sets the
 Grad-CAM target layer in its `default_config["gradcam_layer"]` (a name from `network.named_modules()`).
-It may override `logits` (when the network returns more than logits) and `explanation_maps` (a map other
+It may override `logits` (when the network returns more than logits) and `classify_batch` (a map other
 than Grad-CAM, e.g. GCM's class weight maps). Everything else lives here:
 
 - preprocessing: intensities to [0, 1] by percentile clipping, resized keeping the aspect ratio and padded
@@ -143,9 +143,14 @@ class ClassifierModel(AnomalyModel):
                 maps[rows] = cam(x[rows], class_idx=int(k))[:, 0].detach()
         return maps
 
-    def explanation_maps(self, x: torch.Tensor, probabilities: np.ndarray) -> tuple[np.ndarray, dict]:
-        """-> (maps (N, S, S) on the square input, extras {name: (N, S, S)}). Default: Grad-CAM."""
-        return self.gradcam(x, self.target_classes(probabilities)).cpu().numpy(), {}
+    def classify_batch(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray, dict]:
+        """-> (class probabilities (N, K), maps (N, S, S) on the square input, extras {name: (N, S, S)}).
+
+        Default: softmax of `logits`, and Grad-CAM of each film's most probable abnormal class. A subclass whose
+        network yields its own maps overrides this (one forward pass for both)."""
+        with torch.no_grad():
+            probabilities = torch.softmax(self.logits(x), dim=1).cpu().numpy()
+        return probabilities, self.gradcam(x, self.target_classes(probabilities)).cpu().numpy(), {}
 
     # ----- scoring -----
     def score_slices(self, slices: list[np.ndarray]) -> SliceScores:
@@ -155,9 +160,7 @@ class ClassifierModel(AnomalyModel):
         for start in range(0, len(prepared), batch_size):
             chunk = prepared[start:start + batch_size]
             x = torch.as_tensor(np.stack([square for square, _ in chunk]), device=self.device)
-            with torch.no_grad():
-                p = torch.softmax(self.logits(x), dim=1).cpu().numpy()
-            chunk_maps, chunk_extras = self.explanation_maps(x, p)
+            p, chunk_maps, chunk_extras = self.classify_batch(x)
             probabilities.append(p)
             maps += [undo_resize(m, info) for m, (_, info) in zip(chunk_maps, chunk)]
             for name, values in chunk_extras.items():

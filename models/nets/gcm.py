@@ -1,0 +1,87 @@
+"""Generative Contribution Mappings network: an EfficientNet-B0 encoder cut at its 16x16x112 stage (for a
+256x256x3 input) and a decoder that paints one class weight map (CWM) per class at the input's size.
+
+The class score is linear in the CWM: the class contribution map is CCM_k = input * CWM_k, and the logit of
+class k is the mean of CCM_k over space and channels. The explanation is therefore exact: the logit is the sum
+of what each pixel contributes, and CWM_k says how much each pixel's intensity counts for class k."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import Convolution, UpSample
+from monai.networks.nets import EfficientNetBNFeatures
+from torch import nn
+
+# EfficientNet-B0 has 7 stages; the output of stage 5 (index 4) is the 112-channel map at 1/16 of the input.
+B0_STAGES_TO_112 = 5
+
+
+class EfficientNetB0Encoder(nn.Module):
+    """MONAI's EfficientNet-B0 (random init, never downloaded) with the stages after the 112-channel one removed.
+
+    Submodule names equal MONAI's EfficientNetBN/EfficientNetBNFeatures (`_conv_stem`, `_bn0`, `_blocks.N`), so
+    a state dict of either, or of the original EfficientNet-B0 ImageNet weights file, loads by key."""
+
+    def __init__(self, in_channels: int = 3, stages: int = B0_STAGES_TO_112):
+        super().__init__()
+        full = EfficientNetBNFeatures("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels)
+        self._conv_stem_padding = full._conv_stem_padding
+        self._conv_stem = full._conv_stem
+        self._bn0 = full._bn0
+        self._swish = full._swish
+        self._blocks = nn.Sequential(*list(full._blocks)[:stages])
+        self.out_channels = int(full._blocks_args[stages - 1].output_filters)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._swish(self._bn0(self._conv_stem(self._conv_stem_padding(x))))
+        return self._blocks(x)
+
+
+def separable_conv(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Depthwise 3x3 then pointwise 1x1, followed by BatchNorm and ReLU."""
+    return nn.Sequential(
+        Convolution(2, in_channels, in_channels, kernel_size=3, groups=in_channels, bias=False, conv_only=True),
+        Convolution(2, in_channels, out_channels, kernel_size=1, norm="BATCH", act="RELU"),
+    )
+
+
+class GenerativeContributionNet(nn.Module):
+    """(N, C, S, S) in [0, 1] -> (logits (N, K), class weight maps (N, K, S, S)); S a multiple of 16.
+
+    Decoder: a 3x3 conv at the encoder's resolution, four rounds of bilinear x2 upsampling each followed by a
+    separable conv (512, 256, 128, 64 channels by default), a final 3x3 conv to K maps. Every conv has
+    BatchNorm and ReLU, so the CWMs are non-negative."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, bottleneck_channels: int = 112,
+                 decoder_channels: Sequence[int] = (512, 256, 128, 64)):
+        super().__init__()
+        if len(decoder_channels) != 4:
+            raise ValueError("the decoder upsamples x16 in four rounds: give four decoder channel counts")
+        self.encoder = EfficientNetB0Encoder(in_channels)
+        layers = [Convolution(2, self.encoder.out_channels, bottleneck_channels, kernel_size=3, norm="BATCH",
+                              act="RELU")]
+        channels = bottleneck_channels
+        for out in decoder_channels:
+            layers += [UpSample(2, scale_factor=2, mode="nontrainable", interp_mode="bilinear", align_corners=False),
+                       separable_conv(channels, out)]
+            channels = out
+        layers.append(Convolution(2, channels, num_classes, kernel_size=3, norm="BATCH", act="RELU"))
+        self.decoder = nn.Sequential(*layers)
+
+    def class_weight_maps(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+    @staticmethod
+    def contribution_maps(x: torch.Tensor, cwm: torch.Tensor) -> torch.Tensor:
+        """CCM (N, K, C, S, S) = input * CWM of each class."""
+        return x.unsqueeze(1) * cwm.unsqueeze(2)
+
+    @staticmethod
+    def class_scores(x: torch.Tensor, cwm: torch.Tensor) -> torch.Tensor:
+        """Mean of the CCM over channels and space, without materialising the (N, K, C, S, S) tensor."""
+        return torch.einsum("nchw,nkhw->nk", x, cwm) / (x.shape[1] * x.shape[2] * x.shape[3])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cwm = self.class_weight_maps(x)
+        return self.class_scores(x, cwm), cwm
