@@ -22,9 +22,7 @@ from monailabel.interfaces.exception import MONAILabelException
 from monailabel.interfaces.utils.app import app_instance
 
 from medanomaly.errors import MedAnomalyError, UnsupportedImageError
-from medanomaly.io import read_image
-
-from .inputs import bad_request, check_image_id, check_label_tag, parse_params_json
+from .inputs import bad_request, check_image_id, check_label_tag, load_image, parse_params_json
 
 logger = logging.getLogger(__name__)
 KNOWN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".dcm", ".png", ".jpg", ".jpeg")
@@ -54,11 +52,9 @@ def save_upload(upload: UploadFile, folder: Path, max_bytes: int) -> Path:
     return Path(path)
 
 
-def checked_image(path: Path) -> None:
-    try:
-        read_image(path)
-    except UnsupportedImageError as error:
-        raise HTTPException(status_code=422, detail=f"cannot use this image: {error}") from None
+def checked_image(path: Path):
+    """The image an upload holds, or a 422 saying why it cannot be used."""
+    return load_image(path)
 
 
 def as_http_error(error: Exception) -> HTTPException:
@@ -152,7 +148,13 @@ def build_router(app) -> APIRouter:
         save_params = parse_params_json(params)
         uploaded = save_upload(label, app.upload_dir, app.max_upload_bytes)
         try:
-            checked_image(uploaded)
+            mask = checked_image(uploaded)
+            uri = datastore().get_image_uri(image)
+            if uri and Path(uri).is_file():
+                target = load_image(uri)
+                if mask.array.size != target.array.size or mask.array.squeeze().shape != target.array.squeeze().shape:
+                    raise HTTPException(status_code=422, detail=f"label shape {list(mask.shape)} does not match image "
+                                                                f"{image!r} of shape {list(target.shape)}")
             label_id = datastore().save_label(image, str(uploaded), tag or "final", save_params)
             result = app.on_save_label(image, label_id) or {}
             return {**result, "image": image, "label": label_id}
