@@ -219,6 +219,14 @@ def build_router(app) -> APIRouter:
                                                         "(results are kept for a while only)")
         return FileResponse(path, media_type="application/octet-stream", filename=f"{name}.nrrd")
 
+    @router.get("/medanomaly/images", summary="Image ids of the datastore (local folder or DICOMweb) and the labelled ones")
+    def images():
+        try:
+            store = datastore()
+            return {"images": sorted(store.list_images()), "labelled": sorted(store.get_labeled_images())}
+        except Exception as error:
+            raise as_http_error(error) from None
+
     @router.get("/medanomaly/models", summary="Every served model with its state")
     def models():
         return {name: config.describe() for name, config in app.model_configs.items()}
