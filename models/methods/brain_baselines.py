@@ -1,0 +1,167 @@
+"""Baselines of the uncertainty-aware VAE paper: autoencoder, denoising autoencoder, and a modified Gaussian
+mixture model of voxel intensities.
+
+Names: "dae" is the conv autoencoder ("ae") trained as a denoising autoencoder (Gaussian noise sigma 0.5 on the
+input, clean target) and scored by the squared error, on films like "ae". "brain-ae" and "brain-dae" are the same
+two networks with the brain preprocessing of `medanomaly.brain` (brain mask, median normalisation, 128^2): use
+those on MRI. "gmm" is brain-only.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.mixture import GaussianMixture
+from torch import nn
+
+from ..base import as_items
+from ..brain import BrainSliceModel
+from ..registry import register
+from .autoencoder import ConvAutoEncoderModel
+
+
+@register("dae")
+class DenoisingAutoEncoderModel(ConvAutoEncoderModel):
+    description = ("Denoising convolutional autoencoder (Gaussian noise sigma 0.5 on the input, clean target). "
+                   "Map: squared reconstruction error; score: its mean.")
+    default_config = {**ConvAutoEncoderModel.default_config, "noise_std": 0.5, "residual": "squared"}
+
+
+class BrainAutoEncoderModel(BrainSliceModel, ConvAutoEncoderModel):
+    """The conv autoencoder on brain slices. Median-normalised intensities exceed 1, so the network's final
+    sigmoid (meant for films scaled to [0, 1]) is dropped: the output is linear."""
+
+    default_config = {**ConvAutoEncoderModel.default_config, **BrainSliceModel.default_config,
+                      "residual": "squared", "epochs": 30}
+    preprocessing_keys = BrainSliceModel.preprocessing_keys
+    default_map = "squared"
+
+    def build_network(self) -> torch.nn.Module:
+        network = super().build_network()
+        if isinstance(network.decoder[-1], nn.Sigmoid):
+            network.decoder[-1] = nn.Identity()
+        return network
+
+    def training_loss(self, x: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
+        noisy = x + self.config["noise_std"] * torch.randn_like(x) if self.config["noise_std"] > 0 else x
+        return F.mse_loss(self.reconstruct(noisy), x)
+
+    @torch.no_grad()
+    def square_maps(self, x: torch.Tensor, brain: torch.Tensor) -> dict:
+        return {"squared": (x - self.reconstruct(x)).square()[:, 0].cpu().numpy()}
+
+
+@register("brain-ae")
+class BrainAE(BrainAutoEncoderModel):
+    description = ("Convolutional autoencoder on brain MRI slices (brain-masked, median-normalised, 128^2). "
+                   "Map: squared reconstruction error inside the brain; score: its mean.")
+
+
+@register("brain-dae")
+class BrainDAE(BrainAutoEncoderModel):
+    description = ("Denoising convolutional autoencoder (noise sigma 0.5) on brain MRI slices. Map: squared "
+                   "reconstruction error inside the brain; score: its mean.")
+    default_config = {**BrainAutoEncoderModel.default_config, "noise_std": 0.5}
+
+
+class IntensityMixture(nn.Module):
+    """p(x) = (1 - lambda) sum_k pi_k N(x; m_k, s_k^2) + lambda U(x; low, high), over one voxel's intensity.
+
+    The parameters are buffers so that they travel in the checkpoint's state_dict like any network's weights."""
+
+    def __init__(self, components: int, uniform_weight: float):
+        super().__init__()
+        self.register_buffer("weights", torch.full((components,), 1.0 / components))
+        self.register_buffer("means", torch.zeros(components))
+        self.register_buffer("variances", torch.ones(components))
+        self.register_buffer("uniform_weight", torch.tensor(float(uniform_weight)))
+        self.register_buffer("low", torch.tensor(0.0))
+        self.register_buffer("high", torch.tensor(1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Posterior probability of the uniform (outlier) component for every voxel of x, in [0, 1].
+
+        Intensities outside [low, high] are clipped to it: the outlier density stays 1 / (high - low) there
+        while the Gaussians vanish, so extreme values get a posterior near 1 rather than an undefined one."""
+        x = x.clamp(float(self.low), float(self.high)).unsqueeze(-1)
+        log_gauss = (-0.5 * (x - self.means).square() / self.variances
+                     - 0.5 * torch.log(2 * math.pi * self.variances) + torch.log(self.weights))
+        log_normal = torch.log1p(-self.uniform_weight) + torch.logsumexp(log_gauss, dim=-1)
+        log_outlier = torch.log(self.uniform_weight) - torch.log(self.high - self.low)
+        return torch.sigmoid(log_outlier - log_normal)
+
+
+@register("gmm")
+class IntensityMixtureModel(BrainSliceModel):
+    description = ("Modified Gaussian mixture of brain voxel intensities (median-normalised): Nz Gaussians plus "
+                   "a uniform outlier component of weight lambda. Map: posterior of the uniform component, in "
+                   "[0, 1]; score: its mean inside the brain.")
+    kind = "density"
+    default_config = {
+        **BrainSliceModel.default_config,
+        "components": 4,  # Nz Gaussians
+        "uniform_weight": 0.05,  # lambda
+        "range_margin": 0.5,  # the uniform spans the training range widened by this share of it on each side
+        "max_fit_voxels": 200_000,  # voxels drawn (uniformly, seeded) for the EM fit
+        "epochs": 1,
+    }
+    default_map = "posterior"
+
+    def build_network(self) -> torch.nn.Module:
+        weight = float(self.config["uniform_weight"])
+        if not 0 < weight < 1:
+            raise ValueError(f"uniform_weight must be in (0, 1), got {weight}")
+        return IntensityMixture(int(self.config["components"]), weight)
+
+    def training_loss(self, *batch):  # no gradient training: `fit` runs EM instead
+        raise NotImplementedError("the intensity mixture is fitted by EM in fit(), not by gradient steps")
+
+    def fit(self, train, val=None, *, checkpoint=None, minutes=None, progress=True, on_epoch_end=None,
+            **config) -> list[dict]:
+        """EM on the intensities of brain voxels of the normal training slices (sklearn GaussianMixture), then
+        the uniform component's range, then calibration and checkpoint as for every model."""
+        unknown = sorted(set(config) - set(self.config))
+        if unknown:
+            raise ValueError(f"{self.name}: unknown config keys {unknown}")
+        self.config.update(config)
+        started = time.perf_counter()
+        items = self.select_training_items(as_items(train))
+        if not items:
+            raise ValueError(f"{self.name}: no training images (unsupervised models need normal images)")
+        voxels = [square[mask > 0] for item in items for square, mask in self.training_samples(item)]
+        voxels = np.concatenate(voxels) if voxels else np.zeros(0, dtype=np.float32)
+        components = int(self.config["components"])
+        if voxels.size < 10 * components:
+            raise ValueError(f"{self.name}: only {voxels.size} brain voxels in the training images")
+        rng = np.random.default_rng(int(self.config["seed"]))
+        if voxels.size > int(self.config["max_fit_voxels"]):
+            voxels = rng.choice(voxels, int(self.config["max_fit_voxels"]), replace=False)
+
+        mixture = GaussianMixture(components, covariance_type="full", random_state=int(self.config["seed"]))
+        mixture.fit(voxels.reshape(-1, 1).astype(np.float64))
+        low, high = float(voxels.min()), float(voxels.max())
+        margin = float(self.config["range_margin"]) * (high - low)
+        state = {"weights": mixture.weights_, "means": mixture.means_[:, 0],
+                 "variances": mixture.covariances_.reshape(components),
+                 "low": low - margin, "high": high + margin}
+        with torch.no_grad():
+            for name, value in state.items():
+                getattr(self.network, name).copy_(torch.as_tensor(np.asarray(value), dtype=torch.float32))
+        self._weights_sha = None
+
+        record = {"epoch": 1, "loss": float(-mixture.score(voxels.reshape(-1, 1))), "voxels": int(voxels.size),
+                  "converged": bool(mixture.converged_), "seconds": time.perf_counter() - started}
+        self.train_state.update({"epoch": 1, "history": [record], "finished": True})
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+        self.calibrate(val if val is not None else items, source="validation" if val is not None else "training")
+        if checkpoint is not None:
+            self.save(checkpoint)
+        return self.train_state["history"]
+
+    @torch.no_grad()
+    def square_maps(self, x: torch.Tensor, brain: torch.Tensor) -> dict:
+        return {"posterior": self.network(x)[:, 0].cpu().numpy()}
