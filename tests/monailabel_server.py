@@ -140,11 +140,17 @@ def running_server(studies, app=APP_DIR, conf: dict | None = None, env: dict | N
                    port: int | None = None, timeout: float = 240.0, log_path=None):
     """Start the server on `studies` (a folder or a DICOMweb URL), wait for /info/, yield its URL, stop it."""
     server = ServerProcess(studies, app=app, conf=conf, env=env, port=port, log_path=log_path).start()
+    failed = True
     try:
         server.wait_ready(timeout)
         yield server.url
+        failed = False
     finally:
         server.stop()
+        if not failed and log_path is None:  # a temporary log is kept only when something went wrong
+            server.log_path.unlink(missing_ok=True)
+        elif failed:
+            print(f"MONAI Label server log: {server.log_path}")
 
 
 def fill_studies(dest, files) -> "Path":

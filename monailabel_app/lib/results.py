@@ -1,9 +1,13 @@
 """Float maps of recent inferences, kept on the server so that a client can fetch the heatmap (and extras such as
 the aleatoric uncertainty) after the labelmap: GET /medanomaly/maps/{result_id}/{name}.nrrd.
 
-Kept in a folder outside the datastore, pruned to the latest `keep` results and at most `ttl_minutes` old."""
+An inference stores each map as raw float32 (.npy) with the image's geometry, which costs a few milliseconds;
+the compressed NRRD (hundreds of milliseconds for a full-size film) is made on the first request for it, so only
+clients that show the heatmap pay for it. Kept in a folder outside the datastore, pruned to the latest `keep`
+results and at most `ttl_minutes` old."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -17,6 +21,7 @@ from medanomaly.io import MedicalImage, write_image
 
 RESULT_ID = re.compile(r"^[0-9a-f]{32}$")
 MAP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+GEOMETRY = "geometry.json"
 
 
 class ResultStore:
@@ -28,16 +33,18 @@ class ResultStore:
         self._lock = threading.Lock()
 
     def save(self, image: MedicalImage, maps: dict[str, np.ndarray]) -> tuple[str, dict[str, str]]:
-        """Write each float map on the image's grid; returns the result id and {name: relative URL}."""
+        """Keep each float map of one result; returns the result id and {name: relative URL of its NRRD}."""
         result_id = uuid.uuid4().hex
         staging = self.folder / f".{result_id}.partial"
         staging.mkdir()
         urls = {}
         try:
+            geometry = {"spacing": image.spacing, "origin": image.origin, "direction": image.direction}
+            (staging / GEOMETRY).write_text(json.dumps(geometry))
             for name, array in maps.items():
                 if not MAP_NAME.match(name):
                     continue
-                write_image(image, staging / f"{name}.nrrd", np.asarray(array, dtype=np.float32))
+                np.save(staging / f"{name}.npy", np.asarray(array, dtype=np.float32))
                 urls[name] = f"/medanomaly/maps/{result_id}/{name}.nrrd"
             staging.rename(self.folder / result_id)  # a result appears whole or not at all
         except BaseException:
@@ -47,15 +54,24 @@ class ResultStore:
         return result_id, urls
 
     def path(self, result_id: str, name: str) -> Path | None:
+        """The map as NRRD on the source image's grid (written on first request), or None if there is none."""
         if not RESULT_ID.match(result_id) or not MAP_NAME.match(name):
             return None
-        path = self.folder / result_id / f"{name}.nrrd"
-        return path if path.is_file() else None
+        folder = self.folder / result_id
+        nrrd, raw = folder / f"{name}.nrrd", folder / f"{name}.npy"
+        with self._lock:
+            if not nrrd.is_file():
+                if not raw.is_file():
+                    return None
+                geometry = json.loads((folder / GEOMETRY).read_text())
+                array = np.load(raw)
+                write_image(MedicalImage(array, **geometry), nrrd, array)  # atomic
+        return nrrd
 
     def names(self, result_id: str) -> list[str] | None:
         if not RESULT_ID.match(result_id) or not (self.folder / result_id).is_dir():
             return None
-        return sorted(p.stem for p in (self.folder / result_id).glob("*.nrrd"))
+        return sorted(p.stem for p in (self.folder / result_id).glob("*.npy"))
 
     def prune(self) -> None:
         with self._lock:
