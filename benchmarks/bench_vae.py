@@ -1,0 +1,165 @@
+"""Benchmark of the VAE family on real data.
+
+Brain MRI (BraTS 2015, FLAIR and T1c): train on the tumour-free slices of the train cases, score the slices of
+the validation cases, pixel AUROC / AUPRC / best Dice inside the brain mask against tumour (label > 0). Rows as
+in the uncertainty-VAE paper: raw intensity, AE, DAE, VAE squared error, VAE-L, VAE-U, VAE-E, GMM.
+Chest films: the VLB VAE on Kermany normal vs pneumonia (a capped subset), and the same model as an
+out-of-distribution screen on the DICOM / NIfTI samples (chest CR/DX = in distribution).
+
+Sizes are reduced to fit about 20 minutes on two busy CPU cores (few epochs, every n-th validation slice, capped
+Kermany subset); the flags restore larger runs. Usage:
+    .venv/bin/python benchmarks/bench_vae.py [--part all|brain|chest] [--brain-epochs 8] [--chest-epochs 8] ...
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import medanomaly
+from medanomaly import metrics
+from medanomaly.brain import background_level, derive_brain_mask
+from medanomaly.data.builders import BUILDERS, default_data_root
+from medanomaly.data.manifest import load_case, read_manifest
+from medanomaly.errors import UnsupportedImageError
+from medanomaly.io import read_image
+from medanomaly.preprocess import normalise_by_median
+
+ROWS = ("raw intensity", "AE", "DAE", "VAE squared error", "VAE-L", "VAE-U", "VAE-E", "GMM")
+
+
+def raw_intensity_map(slice_2d: np.ndarray) -> np.ndarray:
+    """The baseline map: the brain-normalised intensity itself (tumour is bright on FLAIR)."""
+    brain = derive_brain_mask(slice_2d)
+    if not brain.any():
+        return np.zeros(slice_2d.shape, np.float32)
+    shifted = slice_2d - background_level(slice_2d, brain)
+    brain &= shifted > 0
+    return normalise_by_median(shifted, brain) if brain.any() else np.zeros(slice_2d.shape, np.float32)
+
+
+def pixel_figures(masks, maps, rois) -> dict:
+    dice, _ = metrics.best_dice(masks, maps, roi=rois)
+    return {"auroc": metrics.pixel_auroc(masks, maps, roi=rois), "auprc": metrics.pixel_auprc(masks, maps, roi=rois),
+            "dice": dice}
+
+
+def brain_sequence(sequence: str, args, work: Path) -> dict:
+    paths = BUILDERS["brats"](args.data_root, work / f"brats_{sequence}", sequence=sequence)
+    train = [load_case(case) for case in read_manifest(paths["train"])]
+    val_cases = read_manifest(paths["val"])[::args.val_stride]
+    val = [load_case(case) for case in val_cases]
+    calibration = train[::8]  # thresholds are not scored here: a few normals keep calibration cheap
+    masks, rois = [item.mask for item in val], [item.roi for item in val]
+    print(f"\n[{sequence}] train: {len(train)} tumour-free slices of {len({c.case.patient for c in train})} cases; "
+          f"test: {len(val)} slices (every {args.val_stride}th) of {len({c.patient for c in val_cases})} cases, "
+          f"{sum(v.is_abnormal for v in val)} with tumour", flush=True)
+
+    figures = {"raw intensity": pixel_figures(masks, [raw_intensity_map(v.image.array) for v in val], rois)}
+    runs = [
+        ("AE", "brain-ae", {"channels": args.ae_channels, "epochs": args.brain_epochs}),
+        ("DAE", "brain-dae", {"channels": args.ae_channels, "epochs": args.brain_epochs}),
+        ("VAE", "vae-uncertainty", {"base_channels": args.nc, "latent_channels": args.nz, "epochs": args.brain_epochs}),
+        ("GMM", "gmm", {"components": args.gmm_components}),
+    ]
+    for label, name, config in runs:
+        started = time.perf_counter()
+        model = medanomaly.create(name, **config)
+        history = model.fit(train, val=calibration, progress=False)
+        trained = time.perf_counter() - started
+        results = [model.predict(item.image) for item in val]
+        print(f"  {label:4s} ({name}, {config}): fit {trained:.0f} s, final loss {history[-1]['loss']:.4g}, "
+              f"predict {(time.perf_counter() - started - trained) / len(val):.3f} s/slice", flush=True)
+        if label == "VAE":
+            figures["VAE squared error"] = pixel_figures(masks, [r.extras["squared"] for r in results], rois)
+            figures["VAE-L"] = pixel_figures(masks, [r.extras["L"] for r in results], rois)
+            figures["VAE-U"] = pixel_figures(masks, [r.extras["U"] for r in results], rois)
+            figures["VAE-E"] = pixel_figures(masks, [r.map for r in results], rois)
+        else:
+            figures[label] = pixel_figures(masks, [r.map for r in results], rois)
+    return figures
+
+
+def print_brain_table(table: dict) -> None:
+    sequences = list(table)
+    header = f"{'method':20s}" + "".join(f" | {s + ' AUROC':>11s} {'AUPRC':>6s} {'Dice':>6s}" for s in sequences)
+    print("\nBrain MRI, pixel level inside the brain mask (BraTS 2015 validation cases)")
+    print(header)
+    print("-" * len(header))
+    for row in ROWS:
+        cells = "".join(f" | {table[s][row]['auroc']:11.3f} {table[s][row]['auprc']:6.3f} {table[s][row]['dice']:6.3f}"
+                        for s in sequences)
+        print(f"{row:20s}{cells}")
+
+
+def chest(args, work: Path) -> None:
+    paths = BUILDERS["kermany"](args.data_root, work / "kermany", max_per_class=args.kermany_per_class)
+    train = [load_case(case) for case in read_manifest(paths["train"])]
+    val = [load_case(case) for case in read_manifest(paths["val"])][::args.kermany_val_stride]
+    started = time.perf_counter()
+    model = medanomaly.create("vae-vlb", epochs=args.chest_epochs)
+    history = model.fit(train, val=train[:10], progress=False)
+    trained = time.perf_counter() - started
+    scores = [model.predict(item.image).score for item in val]
+    labels = [int(item.is_abnormal) for item in val]
+    print(f"\nChest films, VLB VAE (100^2, latent 256, RMSProp, batch 100, {args.chest_epochs} epochs on "
+          f"{len(train)} Kermany normal films; fit {trained:.0f} s, final -ELBO {history[-1]['loss']:.1f} nats)")
+    print(f"  Kermany val normal vs pneumonia ({labels.count(0)} + {labels.count(1)} films): image AUROC "
+          f"{metrics.image_auroc(labels, scores):.3f}, AUPRC {metrics.image_auprc(labels, scores):.3f}  "
+          f"(score = -VLB, {model.config['vlb_samples']} Monte Carlo draws)")
+    print(f"  mean -VLB: normal {np.mean([s for s, y in zip(scores, labels) if y == 0]):.1f}, "
+          f"pneumonia {np.mean([s for s, y in zip(scores, labels) if y == 1]):.1f} nats")
+
+    screen = read_manifest(BUILDERS["dicom_samples"](args.data_root, work / "dicom")["test"])
+    print("\n  Out-of-distribution screen on the DICOM / NIfTI samples (label 0 = chest CR/DX, 1 = other):")
+    ood_labels, ood_scores, refused = [], [], []
+    for case in screen:
+        modality = f"{case.extra.get('modality', '')}/{case.extra.get('body_part', '') or '-'}"
+        try:
+            image = read_image(case.image)
+        except UnsupportedImageError as error:
+            refused.append(case.image.name)
+            print(f"    {case.image.name:40s} {modality:14s} label {case.label}: refused ({error})")
+            continue
+        result = model.predict(image)
+        shape = "x".join(str(n) for n in image.shape)
+        print(f"    {case.image.name:40s} {modality:14s} label {case.label}: -VLB {result.score:9.1f}  ({shape})")
+        ood_labels.append(int(case.label))
+        ood_scores.append(result.score)
+    print(f"  OOD screen AUROC {metrics.image_auroc(ood_labels, ood_scores):.3f} over {len(ood_labels)} images "
+          f"({ood_labels.count(0)} chest, {ood_labels.count(1)} other); refused: {len(refused)} {refused}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("all", "brain", "chest"), default="all")
+    parser.add_argument("--data-root", type=Path, default=default_data_root())
+    parser.add_argument("--brain-epochs", type=int, default=8)
+    parser.add_argument("--val-stride", type=int, default=3, help="score every n-th validation slice")
+    parser.add_argument("--nc", type=int, default=8, help="Nc of the uncertainty VAE (8, 16 or 32)")
+    parser.add_argument("--nz", type=int, default=64, help="Nz, latent channels of the uncertainty VAE")
+    parser.add_argument("--ae-channels", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--gmm-components", type=int, default=4)
+    parser.add_argument("--chest-epochs", type=int, default=8)
+    parser.add_argument("--kermany-per-class", type=int, default=500)
+    parser.add_argument("--kermany-val-stride", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-vae-") as folder:
+        work = Path(folder)
+        if args.part in ("all", "brain"):
+            print_brain_table({name: brain_sequence(seq, args, work) for name, seq in (("FLAIR", "Flair"),
+                                                                                        ("T1c", "T1c"))})
+        if args.part in ("all", "chest"):
+            chest(args, work)
+    print(f"\ntotal {(time.perf_counter() - started) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
