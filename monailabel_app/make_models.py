@@ -34,6 +34,19 @@ def fill_studies(studies: Path, sample: Path) -> None:
                 shutil.copy2(file, studies / file.name)
 
 
+FINDINGS = {"pneumonia": "pneumonia", "effusion": "Effusion"}  # sample file names that say what the film shows
+
+
+def mark_sample_findings(datastore) -> None:
+    """The sample films whose names say pneumonia or effusion are abnormal (image-level, no mask): they stay out
+    of the unsupervised models' training and calibrate the image threshold."""
+    for image_id in datastore.list_images():
+        info = datastore.get_image_info(image_id) or {}
+        for word, finding in FINDINGS.items():
+            if word in image_id.lower() and "abnormal" not in info:
+                datastore.update_image_info(image_id, {"abnormal": True, "class": finding})
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", default=str(APP_DIR / "studies"))
@@ -51,9 +64,10 @@ def main(argv=None) -> int:
 
     studies = Path(args.studies)
     fill_studies(studies, Path(args.sample))
+    app = MedAnomalyApp(str(APP_DIR), str(studies), {"model_dir": args.model_dir, "models": args.models})
+    mark_sample_findings(app.datastore())
     if args.fill_only:
         return 0
-    app = MedAnomalyApp(str(APP_DIR), str(studies), {"model_dir": args.model_dir, "models": args.models})
     names = list(app.model_configs)
     if "ae" in names:  # the baseline first: it must exist even when the budget runs out
         names.remove("ae")

@@ -141,6 +141,18 @@ def build_router(app) -> APIRouter:
     def put_image_legacy(image: Optional[str] = None, params: str = Form("{}"), file: UploadFile = File(...)):
         return add_image(image, params, file)
 
+    @router.put("/datastore/image/info", summary="Update an image's info (e.g. {\"abnormal\": true, \"class\": ...})")
+    def put_image_info(image: str, info: str = Form("{}")):
+        require_image(image)
+        values = parse_params_json(info)
+        if "abnormal" in values and not isinstance(values["abnormal"], bool):
+            raise bad_request(f"abnormal must be true or false, got {values['abnormal']!r}")
+        try:
+            datastore().update_image_info(image, values)
+            return datastore().get_image_info(image)
+        except Exception as error:
+            raise as_http_error(error) from None
+
     @router.put("/datastore/label", summary="Save a label (checked against its image's grid)")
     def put_label(image: str, params: str = Form("{}"), tag: str = "final", label: UploadFile = File(...)):
         require_image(image)

@@ -10,6 +10,8 @@ What the datastore means for training:
 - an image whose `final` label holds a lesion (any non-zero voxel) is abnormal: unsupervised models keep it out
   of training (the contract's `select_training_items`) and it calibrates the thresholds (Youden, image and pixel
   level) beside held-out normals; an all-zero final label marks a reviewed normal;
+- an image whose datastore info says `"abnormal": true` (PUT /datastore/image/info) is abnormal without a mask:
+  out of unsupervised training, and it calibrates the image-level threshold;
 - classifiers learn the class from the label's or the image's info `class` (e.g. "Effusion"), else 0/1.
 """
 from __future__ import annotations
@@ -58,10 +60,12 @@ def datastore_items(datastore: Datastore, accepts=None) -> list:
                 label_info = datastore.get_label_info(image_id, DefaultLabelTag.FINAL.value) or {}
             except Exception as error:
                 logger.warning(f"skipping the final label of {image_id}: {getattr(error, 'detail', error)}")
-        abnormal = bool(mask is not None and mask.any())
         image_info = datastore.get_image_info(image_id) or {}
+        # abnormal: a lesion in the final label, or an image-level label in the image info (no mask then)
+        abnormal = bool(mask is not None and mask.any()) or image_info.get("abnormal") is True
         label = label_info.get("class") or image_info.get("class") or (1 if abnormal else 0)
-        items.append(SimpleNamespace(id=image_id, image=image, mask=mask if abnormal else None, roi=None,
+        mask = mask if mask is not None and mask.any() else None
+        items.append(SimpleNamespace(id=image_id, image=image, mask=mask, roi=None,
                                      label=label, is_abnormal=abnormal))
     return items
 
@@ -109,7 +113,7 @@ class AnomalyTrainTask(TrainTask):
             train = [item for item in train if _has_class(model, item)]
         normals = sum(not item.is_abnormal for item in items)
         abnormals = len(items) - normals
-        print(f"[{name}] training on {len(train)} image(s): {normals} normal, {abnormals} with a lesion label; "
+        print(f"[{name}] training on {len(train)} image(s): {normals} normal, {abnormals} abnormal (lesion label or image-level); "
               f"calibration on {len(val) if val else 'the training normals'}", flush=True)
 
         folder = self.model_config.folder
