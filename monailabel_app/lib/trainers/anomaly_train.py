@@ -113,8 +113,8 @@ class AnomalyTrainTask(TrainTask):
             train = [item for item in train if _has_class(model, item)]
         normals = sum(not item.is_abnormal for item in items)
         abnormals = len(items) - normals
-        print(f"[{name}] training on {len(train)} image(s): {normals} normal, {abnormals} abnormal (lesion label or image-level); "
-              f"calibration on {len(val) if val else 'the training normals'}", flush=True)
+        print(f"[{name}] training on {len(train)} image(s): {normals} normal, {abnormals} abnormal (lesion label or "
+              f"image-level); calibration on {len(val) if val else 'the training normals'}", flush=True)
 
         folder = self.model_config.folder
         folder.mkdir(parents=True, exist_ok=True)
