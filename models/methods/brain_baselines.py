@@ -34,8 +34,10 @@ class BrainAutoEncoderModel(BrainSliceModel, ConvAutoEncoderModel):
     """The conv autoencoder on brain slices. Median-normalised intensities exceed 1, so the network's final
     sigmoid (meant for films scaled to [0, 1]) is dropped: the output is linear."""
 
-    default_config = {**ConvAutoEncoderModel.default_config, **BrainSliceModel.default_config,
-                      "residual": "squared", "epochs": 30}
+    # Percentile clipping is the films' intensity step; brain slices use the median normalisation instead.
+    default_config = {**{key: value for key, value in ConvAutoEncoderModel.default_config.items()
+                         if key != "clip_percentiles"},
+                      **BrainSliceModel.default_config, "residual": "squared", "epochs": 30}
     preprocessing_keys = BrainSliceModel.preprocessing_keys
     default_map = "squared"
 
@@ -49,9 +51,12 @@ class BrainAutoEncoderModel(BrainSliceModel, ConvAutoEncoderModel):
         noisy = x + self.config["noise_std"] * torch.randn_like(x) if self.config["noise_std"] > 0 else x
         return F.mse_loss(self.reconstruct(noisy), x)
 
+    def map_name(self) -> str:
+        return self.config["residual"]  # "squared" (the paper's baseline) or "abs"
+
     @torch.no_grad()
     def square_maps(self, x: torch.Tensor, brain: torch.Tensor) -> dict:
-        return {"squared": (x - self.reconstruct(x)).square()[:, 0].cpu().numpy()}
+        return {self.map_name(): self.residual(x, self.reconstruct(x))[:, 0].cpu().numpy()}
 
 
 @register("brain-ae")
