@@ -113,5 +113,7 @@ class AnomalyInferTask(InferTask):
             "maps": urls,
             "timings": timings,
             "label_names": {"anomaly": 1},
+            # what predict ran with (the model's meta reports its configured values after the call)
+            "options": {**(meta.get("options") or {}), **options},
         }
         return label_file, json.loads(json.dumps(json_safe(body)))
