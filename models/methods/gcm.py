@@ -47,6 +47,9 @@ class GenerativeContributionModel(ClassifierModel):
         "input_channels": 3,
         "bottleneck_channels": 112,
         "decoder_channels": [512, 256, 128, 64],
+        # The paper ends on BatchNorm + ReLU; "softplus" (default) keeps the maps positive without letting a class
+        # map die: with the ReLU, 2 of the 4 NIH class maps were zero everywhere after 5 epochs (see nets/gcm.py).
+        "cwm_activation": "softplus",
         "encoder_weights": None,  # path of a local EfficientNet-B0 state dict; None trains from scratch
         "optimizer": "sgd",  # the paper: SGD, learning rate 0.1, batch 32
         "learning_rate": 0.1,
@@ -63,7 +66,8 @@ class GenerativeContributionModel(ClassifierModel):
 
     def build_network(self) -> torch.nn.Module:
         return GenerativeContributionNet(len(self.config["classes"]), int(self.config["input_channels"]),
-                                         int(self.config["bottleneck_channels"]), self.config["decoder_channels"])
+                                         int(self.config["bottleneck_channels"]), self.config["decoder_channels"],
+                                         self.config["cwm_activation"])
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         if self.config["optimizer"] == "sgd":

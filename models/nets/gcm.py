@@ -51,11 +51,15 @@ class GenerativeContributionNet(nn.Module):
 
     Decoder: a 3x3 conv at the encoder's resolution, four rounds of bilinear x2 upsampling each followed by a
     separable conv (512, 256, 128, 64 channels by default), a final 3x3 conv to K maps. Every conv has
-    BatchNorm and ReLU, so the CWMs are non-negative."""
+    BatchNorm and ReLU, so the CWMs are non-negative. `cwm_activation="softplus"` replaces the last ReLU by a
+    softplus: the CWMs stay positive, but a class whose map reached zero everywhere can still learn (with the
+    ReLU such a class map is dead for good: zero map, zero logit, zero gradient)."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, bottleneck_channels: int = 112,
-                 decoder_channels: Sequence[int] = (512, 256, 128, 64)):
+                 decoder_channels: Sequence[int] = (512, 256, 128, 64), cwm_activation: str = "relu"):
         super().__init__()
+        if cwm_activation not in ("relu", "softplus"):
+            raise ValueError(f"cwm_activation must be 'relu' or 'softplus', got {cwm_activation!r}")
         if len(decoder_channels) != 4:
             raise ValueError("the decoder upsamples x16 in four rounds: give four decoder channel counts")
         self.encoder = EfficientNetB0Encoder(in_channels)
@@ -66,7 +70,10 @@ class GenerativeContributionNet(nn.Module):
             layers += [UpSample(2, scale_factor=2, mode="nontrainable", interp_mode="bilinear", align_corners=False),
                        separable_conv(channels, out)]
             channels = out
-        layers.append(Convolution(2, channels, num_classes, kernel_size=3, norm="BATCH", act="RELU"))
+        if cwm_activation == "relu":
+            layers.append(Convolution(2, channels, num_classes, kernel_size=3, norm="BATCH", act="RELU"))
+        else:
+            layers += [Convolution(2, channels, num_classes, kernel_size=3, norm="BATCH", act=None), nn.Softplus()]
         self.decoder = nn.Sequential(*layers)
 
     def class_weight_maps(self, x: torch.Tensor) -> torch.Tensor:
