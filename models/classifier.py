@@ -19,6 +19,19 @@ than Grad-CAM, e.g. GCM's class weight maps). Everything else lives here:
 - map: Grad-CAM (`monai.visualize.GradCAM`) of the most probable abnormal class, raw (not rescaled per image,
   so that maps of different films share one scale and the pixel threshold calibrated on normal films means
   the same everywhere), resized back onto the slice's grid.
+
+A volume is scored slice by slice like every model (the score is the most abnormal slice's); in training each of
+its slices takes the volume's label, so classifiers are meant for films and labelled 2D slices.
+
+Minimal subclass:
+
+    @register("my-cnn")
+    class MyClassifier(ClassifierModel):
+        default_config = {**ClassifierModel.default_config, "classes": ["normal", "pneumonia"],
+                          "image_size": 224, "gradcam_layer": "features.3"}
+
+        def build_network(self):
+            return MyNet(in_channels=self.config["input_channels"], num_classes=len(self.config["classes"]))
 """
 from __future__ import annotations
 
