@@ -32,13 +32,14 @@ bench: $(INSTALLED)
 # The server: a datastore folder filled from sample_data/ (which stays untouched), checkpoints from `make models`.
 STUDIES ?= monailabel_app/studies
 MODEL_DIR ?= monailabel_app/model
+MODELS_MINUTES ?= 3
 HOST ?= 127.0.0.1
 PORT ?= 8000
 SERVER_ENV := PATH="$(abspath $(VENV))/bin:$$PATH" MONAILABEL_PYEXE="$(abspath $(PY))" \
 	MONAI_LABEL_AUTO_UPDATE_SCORING=false MONAI_LABEL_SESSIONS=false
 
 models: $(INSTALLED)
-	$(PY) monailabel_app/make_models.py --studies $(STUDIES) --model-dir $(MODEL_DIR)
+	$(PY) monailabel_app/make_models.py --studies $(STUDIES) --model-dir $(MODEL_DIR) --minutes $(MODELS_MINUTES)
 
 serve: $(INSTALLED)
 	@test -f $(MODEL_DIR)/ae/model.pt || $(MAKE) models

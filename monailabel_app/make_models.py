@@ -1,7 +1,8 @@
 """Train first checkpoints for the server on the sample data, quickly on the CPU (`make models`).
 
-Runs the server's own train task for every registered model, on a datastore folder (filled from sample_data/
-when empty), with a few epochs and a wall-time budget. A model that fails, or whose turn comes after the budget
+Runs the server's own train task for every registered model, each in a forked process, on a datastore folder
+(filled from sample_data/ when empty), with a few epochs and a wall-time budget shared among the models. A model
+that fails, does not finish within its share (training plus calibration), or whose turn comes after the budget
 is spent, is skipped with the reason logged: it can still be trained later through POST /train/<model>.
 
     python monailabel_app/make_models.py [--studies DIR] [--model-dir DIR] [--models ae,dae] [--minutes 2]
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
@@ -34,6 +36,7 @@ def fill_studies(studies: Path, sample: Path) -> None:
                 shutil.copy2(file, studies / file.name)
 
 
+MIN_SECONDS_FOR_AE = 180  # the baseline is always trained, whatever the budget
 FINDINGS = {"pneumonia": "pneumonia", "effusion": "Effusion"}  # sample file names that say what the film shows
 
 
@@ -45,6 +48,31 @@ def mark_sample_findings(datastore) -> None:
         for word, finding in FINDINGS.items():
             if word in image_id.lower() and "abnormal" not in info:
                 datastore.update_image_info(image_id, {"abnormal": True, "class": finding})
+
+
+def _train_child(app, name: str, epochs: int, minutes: float, errors) -> None:
+    try:
+        app._trainers[name]({"epochs": epochs, "minutes": minutes}, app.datastore())
+    except BaseException as error:
+        errors.put(f"{type(error).__name__}: {error}".splitlines()[0][:300])
+        raise SystemExit(1)
+
+
+def train_with_limit(app, name: str, epochs: int, minutes: float, seconds: float) -> tuple[bool, str]:
+    """Train one model in a forked child (the imports are already done) that is stopped after `seconds`:
+    training is bounded by `minutes`, but calibration or a slow sampler is bounded only here."""
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    child = context.Process(target=_train_child, args=(app, name, epochs, minutes, errors), daemon=True)
+    child.start()
+    child.join(seconds)
+    if child.is_alive():
+        child.kill()
+        child.join()
+        return False, f"did not finish within {seconds:.0f} s on this machine"
+    if child.exitcode == 0 and app.model_configs[name].is_trained():
+        return True, ""
+    return False, errors.get() if not errors.empty() else f"exit code {child.exitcode}"
 
 
 def main(argv=None) -> int:
@@ -80,17 +108,21 @@ def main(argv=None) -> int:
             print(f"{name}: already trained ({config.record().get('model_version')})")
             trained.append(name)
             continue
-        left = (deadline - time.monotonic()) / 60
-        if left <= 0:
+        left = deadline - time.monotonic()
+        if name == "ae":
+            left = max(left, MIN_SECONDS_FOR_AE)
+        if left <= 5:
             skipped.append((name, "time budget spent"))
             continue
+        share = left / (len(names) - index)
+        limit = left if name == "ae" else max(share, 20)
         started = time.monotonic()
-        try:
-            result = app._trainers[name]({"epochs": args.epochs, "minutes": max(left / (len(names) - index), 0.05)}, app.datastore())
+        ok, reason = train_with_limit(app, name, args.epochs, max(share / 120, 0.05), limit)
+        if ok:
             trained.append(name)
-            print(f"{name}: {result['model_version']} in {time.monotonic() - started:.0f} s")
-        except Exception as error:  # one model's failure must not stop the others
-            reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+            print(f"{name}: {config.record().get('model_version')} in {time.monotonic() - started:.0f} s")
+        else:
+            config.training_checkpoint.unlink(missing_ok=True)
             skipped.append((name, reason))
             print(f"{name}: skipped ({reason})")
     print(f"trained: {', '.join(trained) or 'none'}")
