@@ -153,6 +153,27 @@ def build_router(app) -> APIRouter:
         except Exception as error:
             raise as_http_error(error) from None
 
+    @router.delete("/datastore/image", summary="Remove an image and its labels")
+    def delete_image(id: str):
+        require_image(id)
+        try:
+            datastore().remove_image(id)
+            return {}
+        except Exception as error:
+            raise as_http_error(error) from None
+
+    @router.delete("/datastore/label", summary="Remove a label")
+    def delete_label(id: str, tag: str):
+        require_image(id)
+        check_label_tag(tag)
+        if tag not in (datastore().get_labels_by_image_id(id) or {}):
+            raise HTTPException(status_code=404, detail=f"image {id!r} has no {tag!r} label")
+        try:
+            datastore().remove_label(id, tag)
+            return {}
+        except Exception as error:
+            raise as_http_error(error) from None
+
     @router.put("/datastore/label", summary="Save a label (checked against its image's grid)")
     def put_label(image: str, params: str = Form("{}"), tag: str = "final", label: UploadFile = File(...)):
         require_image(image)
