@@ -76,3 +76,30 @@ def test_most_uncertain_ranks_by_aleatoric_uncertainty(server):
     # a film model without U falls back to the score closest to its image threshold
     fallback = server["client"].next_sample("most_uncertain", {"model": "vae-vlb"})
     assert fallback["reason"] == "score closest to the image threshold"
+
+
+@pytest.mark.parametrize("mode", ["flag", "refuse"])
+def test_modality_screen_flags_or_refuses(tmp_path, kermany_films, data_root, mode):
+    """The app's infer task in this process: an MR DICOM on the film model is served with a warning (flag) or
+    refused with the reason (refuse)."""
+    import sys
+
+    from fastapi import HTTPException
+
+    sys.path.insert(0, str(REPO / "monailabel_app"))
+    from lib.configs import model_configs
+    from lib.infers import AnomalyInferTask
+    from lib.results import ResultStore
+
+    publish_quick_model(tmp_path / "models", kermany_films["NORMAL"][:4], "ae", epochs=1)
+    config = model_configs(tmp_path / "models", {"models": "ae"})["ae"]
+    task = AnomalyInferTask(config, ResultStore(tmp_path / "maps"), tmp_path / "out", mode)
+    request = {"model": "ae", "image": str(data_root / "dicom" / "pydicom_data" / "MR2_UNCR.dcm")}
+    if mode == "refuse":
+        with pytest.raises(HTTPException) as refused:
+            task(request)
+        assert refused.value.status_code == 422 and "modality MR" in refused.value.detail
+    else:
+        label_file, result = task(request)
+        assert result["modality_check"]["status"] == "mismatch" and "MR" in result["modality_check"]["message"]
+        assert read_image(label_file).shape == read_image(request["image"]).shape

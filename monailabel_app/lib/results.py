@@ -22,6 +22,7 @@ from medanomaly.io import MedicalImage, write_image
 RESULT_ID = re.compile(r"^[0-9a-f]{32}$")
 MAP_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 GEOMETRY = "geometry.json"
+PRUNE_EVERY = 20  # saves between two prunings (a pruning lists and stats every kept result)
 
 
 class ResultStore:
@@ -31,6 +32,7 @@ class ResultStore:
         self.keep = keep
         self.ttl = ttl_minutes * 60.0
         self._lock = threading.Lock()
+        self._saved = 0
 
     def save(self, image: MedicalImage, maps: dict[str, np.ndarray]) -> tuple[str, dict[str, str]]:
         """Keep each float map of one result; returns the result id and {name: relative URL of its NRRD}."""
@@ -50,7 +52,9 @@ class ResultStore:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self.prune()
+        self._saved += 1
+        if self._saved % PRUNE_EVERY == 1:
+            self.prune()
         return result_id, urls
 
     def path(self, result_id: str, name: str) -> Path | None:
