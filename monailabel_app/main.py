@@ -26,9 +26,9 @@ from pathlib import Path
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
-from pydicom import Dataset
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.random import Random
+from pydicom import Dataset
 
 # The app folder is on sys.path when MONAI Label loads main.py; the package `lib` is ours.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -183,8 +183,8 @@ class MedAnomalyApp(MONAILabelApp):
                                     read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY)
 
     def _init_dicomweb_datastore(self):
-        from monailabel.datastore.dicom import DICOMwebClientX
         from dicomweb_client.session_utils import create_session_from_user_pass
+        from monailabel.datastore.dicom import DICOMwebClientX
 
         session = None
         if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
