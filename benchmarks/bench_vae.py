@@ -8,7 +8,7 @@ out-of-distribution screen on the DICOM / NIfTI samples (chest CR/DX = in distri
 
 Sizes are reduced to fit about 20 minutes on two busy CPU cores (few epochs, every n-th validation slice, capped
 Kermany subset); the flags restore larger runs. Usage:
-    .venv/bin/python benchmarks/bench_vae.py [--part all|brain|chest] [--brain-epochs 8] [--chest-epochs 8] ...
+    .venv/bin/python benchmarks/bench_vae.py [--part all|brain|chest] [--brain-epochs 6] [--vae-epochs 12] [--chest-epochs 6] ...
 """
 from __future__ import annotations
 
@@ -56,14 +56,15 @@ def brain_sequence(sequence: str, args, work: Path) -> dict:
     calibration = train[::8]  # thresholds are not scored here: a few normals keep calibration cheap
     masks, rois = [item.mask for item in val], [item.roi for item in val]
     print(f"\n[{sequence}] train: {len(train)} tumour-free slices of {len({c.case.patient for c in train})} cases; "
-          f"test: {len(val)} slices (every {args.val_stride}th) of {len({c.patient for c in val_cases})} cases, "
+          f"test: {len(val)} slices (every {args.val_stride}th slice) of {len({c.patient for c in val_cases})} cases, "
           f"{sum(v.is_abnormal for v in val)} with tumour", flush=True)
 
     figures = {"raw intensity": pixel_figures(masks, [raw_intensity_map(v.image.array) for v in val], rois)}
     runs = [
         ("AE", "brain-ae", {"channels": args.ae_channels, "epochs": args.brain_epochs}),
         ("DAE", "brain-dae", {"channels": args.ae_channels, "epochs": args.brain_epochs}),
-        ("VAE", "vae-uncertainty", {"base_channels": args.nc, "latent_channels": args.nz, "epochs": args.brain_epochs}),
+        ("VAE", "vae-uncertainty", {"base_channels": args.nc, "latent_channels": args.nz, "epochs": args.vae_epochs,
+                                    "batch_size": args.vae_batch}),
         ("GMM", "gmm", {"components": args.gmm_components}),
     ]
     for label, name, config in runs:
@@ -138,14 +139,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", choices=("all", "brain", "chest"), default="all")
     parser.add_argument("--data-root", type=Path, default=default_data_root())
-    parser.add_argument("--brain-epochs", type=int, default=8)
-    parser.add_argument("--val-stride", type=int, default=3, help="score every n-th validation slice")
+    parser.add_argument("--brain-epochs", type=int, default=6, help="epochs of the AE and DAE")
+    parser.add_argument("--vae-epochs", type=int, default=12, help="epochs of the uncertainty VAE")
+    parser.add_argument("--vae-batch", type=int, default=8,
+                        help="small batches: 96 training slices give the VAE 12 steps an epoch")
+    parser.add_argument("--val-stride", type=int, default=4, help="score every n-th validation slice")
     parser.add_argument("--nc", type=int, default=8, help="Nc of the uncertainty VAE (8, 16 or 32)")
     parser.add_argument("--nz", type=int, default=64, help="Nz, latent channels of the uncertainty VAE")
     parser.add_argument("--ae-channels", type=int, nargs="+", default=[16, 32, 64])
     parser.add_argument("--gmm-components", type=int, default=4)
-    parser.add_argument("--chest-epochs", type=int, default=8)
-    parser.add_argument("--kermany-per-class", type=int, default=500)
+    parser.add_argument("--chest-epochs", type=int, default=6)
+    parser.add_argument("--kermany-per-class", type=int, default=400)
     parser.add_argument("--kermany-val-stride", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()

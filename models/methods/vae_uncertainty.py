@@ -45,7 +45,7 @@ class UncertaintyVAEModel(BrainSliceModel):
         "anomaly_map": "E",  # which of E, U, L, squared is the result's map (the others go to extras)
         "learning_rate": 1e-3,
         "weight_decay": 1e-4,
-        "batch_size": 32,
+        "batch_size": 8,  # small batches: a few hundred training slices still give many optimiser steps
         "epochs": 30,
     }
     inference_keys = ("anomaly_map",)

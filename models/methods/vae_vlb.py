@@ -24,7 +24,7 @@ from .vae_uncertainty import gaussian_kl
 class VLBVariationalAutoEncoderModel(FilmReconstructionModel):
     description = ("Variational autoencoder (256-d latent, Bernoulli pixels) on 100^2 films. Score: -VLB "
                    "(negative ELBO, nats) by Monte Carlo over vlb_samples latent draws; map: the per-pixel "
-                   "reconstruction term. Also an out-of-distribution screen: non-chest images score high.")
+                   "reconstruction term. Usable as an out-of-distribution screen: non-chest images score higher.")
     kind = "density"
     default_config = {
         **FilmReconstructionModel.default_config,
