@@ -33,12 +33,7 @@ def save_overlay(path: str | Path, image: np.ndarray, anomaly_map: np.ndarray, m
         axis.contour(truth > 0, levels=[0.5], colors="lime", linewidths=1.2)
     axis.set_title(title, fontsize=9)
     axis.axis("off")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def save_roc(path: str | Path, labels, scores, title: str = "ROC") -> Path:
@@ -52,6 +47,11 @@ def save_roc(path: str | Path, labels, scores, title: str = "ROC") -> Path:
     axis.set_ylabel("true-positive rate")
     axis.set_title(title, fontsize=9)
     axis.legend(loc="lower right")
+    return save_figure(figure, path)
+
+
+def save_figure(figure, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG (creating the folder) and free it: servers draw many figures."""
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,13 +18,13 @@ import csv
 import functools
 import math
 import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_destination
 from ..errors import ManifestError
 
 REQUIRED_COLUMNS = ("image", "label")
@@ -250,18 +250,11 @@ def write_manifest(cases_or_rows, csv_path) -> Path:
                 extra_columns[key] = None
     columns += list(extra_columns)
 
-    handle, temp_name = tempfile.mkstemp(prefix=f".{csv_path.name}.", suffix=".tmp", dir=base)
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as out:
-            writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({c: row.get(c, "") for c in columns})
-        os.replace(temp_name, csv_path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
+    with atomic_destination(csv_path) as temporary, open(temporary, "w", newline="", encoding="utf-8") as out:
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in columns})
     return csv_path
 
 

@@ -6,13 +6,12 @@ leaves nothing behind. The temporary name keeps the real extension because Simpl
 """
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
+from ..atomic import atomic_destination
 from .image import MedicalImage
 
 WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -29,15 +28,12 @@ def write_image(image: MedicalImage, path, array: np.ndarray | None = None) -> P
     if not folder.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {folder}")
 
-    temporary = folder / f".tmp-{uuid.uuid4().hex[:12]}{suffix}"
     try:
-        # gzip for NRRD/MHA: maps travel to Slicer over HTTP; .nii.gz is compressed by its extension anyway
-        sitk.WriteImage(image.to_sitk(pixels), str(temporary), useCompression=suffix != ".nii")
-        os.replace(temporary, path)
+        with atomic_destination(path, suffix=suffix) as temporary:
+            # gzip for NRRD/MHA: maps travel to Slicer over HTTP; .nii.gz is compressed by its extension anyway
+            sitk.WriteImage(image.to_sitk(pixels), str(temporary), useCompression=suffix != ".nii")
     except RuntimeError as error:  # SimpleITK reports write failures (disk full, permissions) this way
         raise OSError(f"could not write {path}: {str(error).strip().splitlines()[-1]}") from error
-    finally:
-        temporary.unlink(missing_ok=True)  # no-op after a successful rename
     return path
 
 
