@@ -18,7 +18,17 @@ Default patch size: the paper cut 320 px patches from 2294 x 1914 px films. Scal
 (both films hold a whole breast in the cranio-caudal extent), 320 x 1024 / 2294 = 143 px on a 1024 px
 mini-MIAS film (200 um pixels): 144 px (28.8 mm), a multiple of 16.
 
-Images are mapped to [-1, 1] inside the diffusion (the schedulers clip x0 predictions to that range)."""
+Randomness: start steps and noise come from a generator seeded with `seed` on every call, so a film always gets
+the same map, and all films of a run are reconstructed from the same start steps and noise draws (common
+random numbers: score differences between films come from the films, not from the draws).
+
+Images are mapped to [-1, 1] inside the diffusion (the schedulers clip x0 predictions to that range).
+
+Network sizes: the defaults (channels 32/64/64, no attention, one res block, 1.06 M parameters) suit a CPU.
+Recommended on a GPU (not validated here): image_size 160, channels [64, 128, 256], attention_levels
+[False, True, True], num_res_blocks 2, num_head_channels 64, batch_size 32, learning_rate 1e-4, about 100k
+training steps; then the paper protocol (sampler "ddpm", repeats 10) is affordable for research, and the fast
+path for routine use."""
 from __future__ import annotations
 
 import numpy as np
