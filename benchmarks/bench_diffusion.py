@@ -198,8 +198,8 @@ def main():
           f"{full_evals * seconds_per_eval:.0f} s/film at the measured 1-image cost, "
           f"{full_evals * batched:.0f} s/film at the measured batch-of-10 cost ({1000 * batched:.1f} ms/evaluation)")
     print(f"fast path t0={(args.nlr + 1000) // 2} (middle of [NLR, T]), "
-          f"{args.ddim_steps} DDIM steps x {args.fast_repeats} repeats (measured): {fast['evals']:.0f} evaluations/film, "
-          f"{fast['seconds']:.2f} s/film, image AUROC {fast_auc:.3f}")
+          f"{args.ddim_steps} DDIM steps x {args.fast_repeats} repeats (measured): "
+          f"{fast['evals']:.0f} evaluations/film, {fast['seconds']:.2f} s/film, image AUROC {fast_auc:.3f}")
     print(f"speed-up vs the 10-repeat paper protocol: {full_evals * batched / fast['seconds']:.0f}x "
           f"(evaluations: {full_evals / fast['evals']:.0f}x); AUROC difference fast - paper(1 repeat): "
           f"{fast_auc - paper_auc:+.3f} on {len(paper_items)} films")
@@ -224,9 +224,9 @@ def main():
             evals.append(result.meta["network_evaluations"])
         patches = np.mean(evals) / (args.ddim_steps * args.fast_repeats)
         paper_evals = patches * full_evals
-        print(f"{label}: {patches:.0f} patches (mean of {len(images)}), fast {np.mean(evals):.0f} evaluations {np.mean(seconds):.1f} s; paper "
-              f"protocol {paper_evals:.0f} evaluations, about {paper_evals * batched / 60:.0f} min "
-              f"(extrapolated)")
+        print(f"{label}: {patches:.0f} patches (mean of {len(images)}), fast {np.mean(evals):.0f} evaluations "
+              f"{np.mean(seconds):.1f} s; paper protocol {paper_evals:.0f} evaluations, "
+              f"about {paper_evals * batched / 60:.0f} min (extrapolated)")
         figures[f"patch_{label}"] = {"fast_seconds": float(np.mean(seconds)), "fast_evals": float(np.mean(evals)),
                                      "paper_evals": paper_evals}
 
