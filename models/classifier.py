@@ -56,6 +56,10 @@ class ClassifierModel(AnomalyModel):
         "input_channels": 1,  # 3 replicates the grey film into RGB for ImageNet-style networks
         "class_weighting": "balanced",  # "balanced" (n / (K * n_k)) or "none"
         "gradcam_layer": None,  # module name for Grad-CAM; subclasses set it
+        # After training, re-estimate BatchNorm running statistics on the training films (one forward pass).
+        # Why: networks with a slow BN momentum (MONAI's EfficientNet uses 0.01) keep near-initial running
+        # statistics after a short run, and then score differently in eval mode than they trained.
+        "refresh_batchnorm": True,
     }
     preprocessing_keys = ("image_size", "clip_percentiles", "input_channels")
 
@@ -72,6 +76,7 @@ class ClassifierModel(AnomalyModel):
         self.normal_index = 0 if normal is None else lowered.index(str(normal).lower())
         self.abnormal_indices = [k for k in range(len(classes)) if k != self.normal_index]
         self.class_weights: torch.Tensor | None = None  # set from the training labels in select_training_items
+        self._training_items: list | None = None  # kept from select_training_items until calibrate
         self.class_counts: dict[str, int] = {}
         self._gradcam = None
 
@@ -107,6 +112,7 @@ class ClassifierModel(AnomalyModel):
             raise ValueError(f"{self.name}: class_weighting must be 'balanced' or 'none'")
         else:
             self.class_weights = None
+        self._training_items = chosen
         return chosen
 
     # ----- preprocessing -----
@@ -191,7 +197,21 @@ class ClassifierModel(AnomalyModel):
             meta["slice_class_probabilities"] = per_slice
         return SliceScores(scores=scores, maps=maps, extras=extras, meta=meta)
 
+    @torch.no_grad()
+    def refresh_batchnorm(self, items: list) -> None:
+        """Recompute every BatchNorm's running mean and variance as the average over the items' films."""
+        squares = [self.preprocess(s)[0] for item in items for s in slices_of(item.image.array)]
+        batches = [torch.as_tensor(np.stack(squares[i:i + int(self.config["batch_size"])]))
+                   for i in range(0, len(squares), int(self.config["batch_size"]))]
+        torch.optim.swa_utils.update_bn(batches, self.network, device=self.device)
+        self.network.eval()
+        self._weights_sha = None
+
     def calibrate(self, val, source: str = "validation") -> dict:
+        # fit() calls calibrate right after the last epoch: the moment to settle the BatchNorm statistics.
+        if self._training_items and self.config["refresh_batchnorm"]:
+            self.refresh_batchnorm(self._training_items)
+        self._training_items = None
         calibration = super().calibrate(val, source)
         if self.class_counts:
             self.stats["training_class_counts"] = dict(self.class_counts)

@@ -62,7 +62,7 @@ def test_local_encoder_weights_load_by_config_path(nih_train, tmp_path):
     path = tmp_path / "efficientnet_b0_features.pt"
     torch.save(source.state_dict(), path)
 
-    model = medanomaly.create("gcm", image_size=32, encoder_weights=str(path), epochs=0)
+    model = medanomaly.create("gcm", image_size=32, encoder_weights=str(path), epochs=0, refresh_batchnorm=False)
     before = {k: v.clone() for k, v in model.network.encoder.state_dict().items()}
     model.fit(nih_train, progress=False)  # a fresh run loads the file named in the config, then calibrates
     report = model.encoder_weights_report
@@ -99,3 +99,16 @@ def test_a_few_training_steps_lower_the_loss_on_real_films(nih_train):
     with torch.no_grad():
         after = float(model.training_loss(x, y))
     assert np.isfinite(after) and after < before
+
+
+def test_batchnorm_statistics_are_refreshed_on_the_training_films(nih_train):
+    model = medanomaly.create("gcm", image_size=32, batch_size=len(nih_train))
+    batchnorm = model.network.encoder._bn0
+    seen = []
+    handle = batchnorm.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach()))
+    model.refresh_batchnorm(nih_train)  # one batch holding all eight films
+    handle.remove()
+    assert len(seen) == 1 and seen[0].shape[0] == len(nih_train)
+    assert torch.allclose(batchnorm.running_mean, seen[0].mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(batchnorm.running_var, seen[0].var(dim=(0, 2, 3), unbiased=True), rtol=1e-3, atol=1e-5)
+    assert batchnorm.momentum == pytest.approx(0.01) and not model.network.training
