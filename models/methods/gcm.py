@@ -145,4 +145,5 @@ class GenerativeContributionModel(ClassifierModel):
         cwm = result.extras[f"cwm_{class_slug(predicted)}"]
         probability = result.meta["class_probabilities"][predicted]
         label = title if title is not None else f"GCM: {predicted} (P={probability:.2f}) CWM"
-        return save_overlay(path, image.array, cwm, title=label, display_range=[0.0, float(cwm.max()) or 1.0])
+        # Colours span the film's own 1st-99.5th percentile of the CWM: where this class's weight is high here.
+        return save_overlay(path, image.array, cwm, title=label)
