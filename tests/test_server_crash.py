@@ -45,10 +45,12 @@ def test_killed_during_training_keeps_labels_and_previous_model(tmp_path, kerman
         # killed once training has checkpointed at least one epoch, i.e. truly in the middle of it
         wait_until(lambda: (models / "ae" / "training.pt").exists(), 240, "the first training epoch")
         assert http_json(server.url + "/train/")["status"] == "RUNNING"
-        group = [p.pid for p in psutil.Process(server.process.pid).children(recursive=True)]
+        group = psutil.Process(server.process.pid).children(recursive=True)
+        assert group  # the training subprocess
     finally:
         server.kill()
-    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in group)
+    _, alive = psutil.wait_procs(group, timeout=30)  # a killed process may take a moment to be gone
+    assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
     with_restart = ServerProcess(studies, conf=conf, log_path=tmp_path / "second.log").start()
     try:
