@@ -6,6 +6,7 @@ and maps returned on the input's grid, thresholds and how they were set, checkpo
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,7 @@ class AnomalyModel:
         self.train_state = {"epoch": 0, "history": [], "finished": False}
         self._optimizer_state = None
         self._weights_sha = None
+        self._predict_lock = threading.RLock()
 
     # ----- hooks a method fills -----
     def build_network(self) -> torch.nn.Module:
@@ -191,12 +193,14 @@ class AnomalyModel:
         `threshold` overrides the calibrated pixel threshold for this call's mask."""
         image = as_medical_image(image)
         check_pixels(image.array)
-        started = time.perf_counter()
-        with self.options(**options):
+        # One prediction at a time per model: per-request options and hooks such as Grad-CAM mutate the model.
+        with self._predict_lock, self.options(**options):
+            started = time.perf_counter()
             self.network.eval()
             slices = slices_of(image.array)
             out = self.score_slices(slices)
-        seconds = time.perf_counter() - started
+            seconds = time.perf_counter() - started
+            options_used = {key: self.config[key] for key in self.inference_keys}
         anomaly_map = np.stack(out.maps).astype(np.float32) if image.is_volume else out.maps[0].astype(np.float32)
         extras = {name: (np.stack(maps) if image.is_volume else maps[0]).astype(np.float32)
                   for name, maps in out.extras.items()}
@@ -220,7 +224,7 @@ class AnomalyModel:
             "is_anomalous": None if image_threshold is None else bool(score >= image_threshold),
             "display_range": self.stats.get("map_display_range"),
             "slice_scores": scores.tolist() if image.is_volume else None,
-            "options": {key: self.config[key] for key in self.inference_keys},
+            "options": options_used,
             "timings": {"predict_seconds": seconds, "seconds_per_slice": seconds / len(slices)},
             **out.meta,
         }

@@ -167,3 +167,12 @@ def test_bad_inputs_raise_clear_errors(trained, tmp_path):
     other = medanomaly.create("ae", channels=[4, 8, 8])
     with pytest.raises(CheckpointError, match="do not fit"):
         other._load_payload(torch.load(checkpoint, weights_only=True))
+
+
+def test_request_options_apply_to_one_call_and_are_reported(data_root):
+    model = medanomaly.create("vae-vlb")
+    film = read_image(data_root / "kermany_cxr" / "train" / "NORMAL" / "IM-0115-0001.jpeg")
+    default = model.config["vlb_samples"]
+    result = model.predict(film, vlb_samples=default + 2)
+    assert result.meta["options"]["vlb_samples"] == default + 2  # what this call ran with
+    assert model.config["vlb_samples"] == default  # and the model is back to its own setting
