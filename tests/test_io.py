@@ -253,3 +253,13 @@ def test_too_many_pixels_says_the_size():
         read_image(CR_CHEST, max_pixels=1_000_000)
     with pytest.raises(UnsupportedImageError, match=r"512 x 512 = 262,144 pixels"):
         read_image(NIH_PNG, max_pixels=100_000)
+
+
+def test_truncated_jpeg_and_png_are_refused(tmp_path):
+    jpeg = sorted((DATA / "kermany_cxr" / "train" / "NORMAL").glob("*.jpeg"))[0].read_bytes()
+    png = sorted((DATA / "nih_cxr14" / "images_512").glob("*.png"))[0].read_bytes()
+    for name, data, reason in (("cut.jpeg", jpeg, "truncated JPEG"), ("cut.png", png, "truncated PNG")):
+        cut = tmp_path / name
+        cut.write_bytes(data[: len(data) // 2])
+        with pytest.raises(UnsupportedImageError, match=reason):
+            read_image(cut)

@@ -52,6 +52,7 @@ def read_image(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> MedicalImage:
         raise UnsupportedImageError(f"empty file (0 bytes): {path.name}")
 
     image_format = detect_format(path)
+    _refuse_truncated_film(path, image_format)
 
     def check_size(shape):
         _check_pixel_budget(shape, max_pixels)
@@ -75,6 +76,20 @@ def read_image_bytes(data: bytes, filename_hint: str, *, max_pixels: int = DEFAU
         image = read_image(temporary, max_pixels=max_pixels)
     image.meta["source"] = str(filename_hint)
     return image
+
+
+def _refuse_truncated_film(path: Path, image_format: str) -> None:
+    """A JPEG without its end-of-image marker or a PNG without its IEND chunk was cut short. The decoders fill
+    the missing rows with grey instead of failing, which would score half a film as if it were whole."""
+    if image_format not in ("jpeg", "png"):
+        return
+    with open(path, "rb") as stream:
+        stream.seek(max(0, path.stat().st_size - 64))
+        tail = stream.read()
+    if image_format == "jpeg" and b"\xff\xd9" not in tail:
+        raise UnsupportedImageError("truncated JPEG: the file ends before its end-of-image marker")
+    if image_format == "png" and b"IEND" not in tail:
+        raise UnsupportedImageError("truncated PNG: the file ends before its IEND chunk")
 
 
 def detect_format(path: Path) -> str:
