@@ -170,6 +170,9 @@ class MedAnomalyWidget(ScriptedLoadableModuleWidget):
             self.showError("Select an image (a film loaded as a single-slice volume, or a volume) first.")
             return
         self.saveParameters()
+        if not self.parameters.model:
+            self.showError("Connect to a server and choose a model first.")
+            return
         self.logic.inputVolumeNode = volumeNode
         imageId = self.sampleImageId if volumeNode is self.sampleVolumeNode else None
         self.run(lambda: self.logic.workflow.compute(
@@ -181,6 +184,8 @@ class MedAnomalyWidget(ScriptedLoadableModuleWidget):
         self.logic.showHeatmap(result, self.parameters)
         self.ui.scoreLabel.text = result.summary()
         wasBlocked = self.ui.thresholdSlider.blockSignals(True)
+        # Enough decimals for one slider step, whatever the heatmap's range (0..0.01 or 0..100).
+        self.ui.thresholdSlider.decimals = max(2, 1 - int(np.floor(np.log10(scale.single_step))))
         self.ui.thresholdSlider.minimum = scale.minimum
         self.ui.thresholdSlider.maximum = scale.maximum
         self.ui.thresholdSlider.singleStep = scale.single_step
@@ -371,7 +376,8 @@ class MedAnomalyTest(ScriptedLoadableModuleTest):
         workflow.compute(None if imageId else logic.volumeFromNode(logic.inputVolumeNode), model, image_id=imageId)
         result = self.wait(logic).result
         logic.showHeatmap(result, Parameters())
-        self.assertEqual(result.heatmap.shape, slicer.util.arrayFromVolume(logic.inputVolumeNode).shape)
+        # A colour film loads as a vector volume: its grid is the array's first three axes.
+        self.assertEqual(result.heatmap.shape, slicer.util.arrayFromVolume(logic.inputVolumeNode).shape[:3])
 
         threshold = float(np.percentile(result.heatmap.array, 95))
         mask = workflow.set_threshold(threshold)

@@ -20,6 +20,7 @@ from MedAnomalyLib import (AnomalyWorkflow, Job, JobCancelled, MedAnomalyError, 
                            parse_slicer_colour_table, read_volume, slicer_colour_table_text, threshold_mask,
                            write_volume)
 from MedAnomalyLib.client import encode_multipart, parse_multipart  # noqa: E402
+from MedAnomalyLib.heatmap import blend_overlay  # noqa: E402
 
 
 def film_pixels(path: Path) -> np.ndarray:
@@ -148,6 +149,20 @@ def test_display_window_starts_at_threshold():
     heatmap = np.linspace(0, 1, 10001)
     assert display_window(heatmap, 0.4) == pytest.approx((0.4, 0.9999), abs=1e-3)
     assert display_window(heatmap)[0] == 0.0
+
+
+def test_overlay_blends_like_slicer_foreground(kermany_films):
+    film = film_pixels(kermany_films["NORMAL"][3])
+    heatmap = np.tile(np.linspace(0.0, 1.0, film.shape[1]), (film.shape[0], 1))
+    lut = colour_lut("anomaly", 256, transparent_below=0.5)
+    hidden = blend_overlay(film, heatmap, lut, (0.0, 1.0), opacity=0.0)
+    assert (hidden[..., 0] == hidden[..., 1]).all() and (hidden[..., 1] == hidden[..., 2]).all()  # grey only
+    shown = blend_overlay(film, heatmap, lut, (0.0, 1.0), opacity=1.0)
+    left, right = slice(0, film.shape[1] // 3), slice(-1, None)  # the last column holds the maximum
+    np.testing.assert_array_equal(shown[:, left], hidden[:, left])  # below the transparent cut: the film
+    np.testing.assert_array_equal(shown[:, right], np.broadcast_to(lut[-1, :3], shown[:, right].shape))
+    with pytest.raises(ValueError, match="same 2D grid"):
+        blend_overlay(film, heatmap[:, 1:], lut, (0, 1))
 
 
 # --- signals, jobs, parameters ------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import SimpleITK as sitk
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedAnomalySlicer"))
 
 from MedAnomalyLib import AnomalyWorkflow, Volume, read_volume, threshold_mask  # noqa: E402
+from MedAnomalyLib.__main__ import main as lib_main  # noqa: E402
 from monailabel_server import running_server  # noqa: E402
 
 # Small enough for two busy CPU cores: a couple of epochs of the AE at 64 px.
@@ -135,6 +137,21 @@ def test_clinician_workflow_end_to_end(server, workflow, kermany_films, tmp_path
     assert errors == errors[:1]  # nothing went wrong after the expected refusal
 
 
+def test_preview_command_writes_the_overlay(server, kermany_films, tmp_path, capsys):
+    film = kermany_films["PNEUMONIA"][4]
+    out = tmp_path / "overlay.png"
+    assert lib_main(["preview", "--server", server[0], "--model", "ae", "--image", str(film), "--out", str(out),
+                     "--opacity", "0.8"]) == 0
+    assert "Score" in capsys.readouterr().out
+    picture = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    columns, rows = sitk.ReadImage(str(film)).GetSize()
+    assert picture.shape == (rows, columns, 3)
+    assert (picture[..., 0].astype(int) - picture[..., 2]).max() > 50  # the red-yellow heat shows somewhere
+    assert lib_main(["preview", "--server", server[0], "--model", "nope", "--image", str(film),
+                     "--out", str(tmp_path / "no.png")]) == 2
+    assert "Server error 404" in capsys.readouterr().err and not (tmp_path / "no.png").exists()
+
+
 def test_bad_requests_become_messages(server, workflow, kermany_films):
     film = slicer_film(kermany_films["NORMAL"][7])
     errors = record(workflow.error_occurred)
@@ -149,3 +166,21 @@ def test_bad_requests_become_messages(server, workflow, kermany_films):
     workflow.next_sample("no-such-strategy")
     state = workflow.wait(60)
     assert state.error.startswith("Server error") and state.result is None
+
+
+def test_cancelled_retraining_stops_the_servers_training(server, workflow):
+    version_before = workflow.model("ae").model_version
+    progress = record(workflow.progress)
+    workflow.retrain("ae", {**TRAINING, "epochs": 500}, poll_seconds=0.5)
+    deadline = time.monotonic() + 120
+    while not any("running" in message for _, message in progress) and time.monotonic() < deadline:
+        workflow.poll()
+        time.sleep(0.2)
+    workflow.cancel()
+    state = workflow.wait(60)
+    assert state.cancelled and state.error is None
+    assert workflow.client.train_status()["status"] == "STOPPED"
+    assert workflow.client.train_status(check_if_running=True) is None
+    workflow.connect(server[0])
+    workflow.wait(60)
+    assert workflow.model("ae").model_version == version_before  # nothing half-trained was published

@@ -110,3 +110,20 @@ def display_window(heatmap: np.ndarray, threshold: float | None = None) -> tuple
 def anomalous_fraction(mask: np.ndarray) -> float:
     mask = np.asarray(mask)
     return float(mask.mean()) if mask.size else 0.0
+
+
+def blend_overlay(background: np.ndarray, heatmap: np.ndarray, lut: np.ndarray, window: tuple[float, float],
+                  opacity: float = 0.5) -> np.ndarray:
+    """An RGB picture of one slice as Slicer shows it: the grey background (1st-99th percentile window) under the
+    heatmap mapped through the colour table over `window`, each colour's alpha times the foreground opacity."""
+    background = np.asarray(background, dtype=float)
+    heatmap = np.asarray(heatmap, dtype=float)
+    if background.shape != heatmap.shape or background.ndim != 2:
+        raise ValueError(f"background {background.shape} and heatmap {heatmap.shape} must be the same 2D grid")
+    low, high = np.percentile(background, [1, 99])
+    grey = np.clip((background - low) / max(high - low, 1e-12), 0, 1)[..., np.newaxis].repeat(3, axis=-1)
+    lower, upper = window
+    position = np.clip((np.nan_to_num(heatmap, nan=lower) - lower) / max(upper - lower, 1e-12), 0, 1)
+    colours = np.asarray(lut, dtype=float)[np.round(position * (len(lut) - 1)).astype(int)] / 255.0
+    alpha = colours[..., 3:4] * float(np.clip(opacity, 0, 1))
+    return np.round((grey * (1 - alpha) + colours[..., :3] * alpha) * 255).astype(np.uint8)
