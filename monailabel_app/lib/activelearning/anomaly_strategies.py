@@ -11,29 +11,37 @@ def unlabelled(datastore: Datastore) -> list[str]:
     return sorted(datastore.get_unlabeled_images())
 
 
-class MostAnomalous(Strategy):
-    def __init__(self, configs: dict):
-        super().__init__("Highest anomaly score among unlabelled images (params: model)")
+class _UnlabelledScoreStrategy(Strategy):
+    """Scores the unlabelled images with the model the request names; subclasses choose among them."""
+
+    def __init__(self, description: str, configs: dict):
+        super().__init__(description)
         self.configs = configs
 
-    def __call__(self, request, datastore: Datastore):
+    def unlabelled_scores(self, request, datastore: Datastore):
         config = pick_model(self.configs, request)
-        scores = image_scores(config, datastore, unlabelled(datastore))
+        return config, image_scores(config, datastore, unlabelled(datastore))
+
+
+class MostAnomalous(_UnlabelledScoreStrategy):
+    def __init__(self, configs: dict):
+        super().__init__("Highest anomaly score among unlabelled images (params: model)", configs)
+
+    def __call__(self, request, datastore: Datastore):
+        config, scores = self.unlabelled_scores(request, datastore)
         if not scores:
             return {}
         image_id = max(scores, key=lambda key: scores[key]["score"])
         return {"id": image_id, "model": config.name, "reason": "highest score", **scores[image_id]}
 
 
-class MostUncertain(Strategy):
+class MostUncertain(_UnlabelledScoreStrategy):
     def __init__(self, configs: dict):
         super().__init__("Highest mean aleatoric uncertainty where the model gives one, else the score closest to "
-                         "the image threshold (params: model)")
-        self.configs = configs
+                         "the image threshold (params: model)", configs)
 
     def __call__(self, request, datastore: Datastore):
-        config = pick_model(self.configs, request)
-        scores = image_scores(config, datastore, unlabelled(datastore))
+        config, scores = self.unlabelled_scores(request, datastore)
         if not scores:
             return {}
         with_u = {key: value for key, value in scores.items() if value.get("uncertainty") is not None}
