@@ -28,7 +28,7 @@ from monailabel_server import fill_studies, publish_quick_model, running_server 
 
 SAMPLE = REPO / "sample_data" / "chest"
 FILMS = {"small film 224x224 JPEG": "kermany-normal-IM-0115-0001",
-         "CR film 1955x1841 DICOM": "pydicom-RG1_UNCR"}
+         "CR film 1955x1841 DICOM": "pydicom-RG1_J2KI"}
 
 
 def median_seconds(run, repeats: int) -> float:
