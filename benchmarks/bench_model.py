@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import medanomaly
-from medanomaly.cli import _parse_config
+from medanomaly.cli import parse_config
 from medanomaly.data import BUILDERS, read_manifest, split_groups
 from medanomaly.evaluation import evaluate
 
@@ -54,7 +54,7 @@ def main() -> None:
     print(f"kermany: {len(train)} training normals; calibration {len(calibration)} / test {len(test)} films "
           f"({sum(c.is_abnormal for c in test)} pneumonia in test)")
 
-    model = medanomaly.create(args.model, epochs=args.epochs, **_parse_config(args.config))
+    model = medanomaly.create(args.model, epochs=args.epochs, **parse_config(args.config))
     started = time.perf_counter()
     history = model.fit(train, val=calibration, checkpoint=out / f"{args.model}.pt", minutes=args.minutes)
     train_seconds = time.perf_counter() - started

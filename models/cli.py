@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-def _parse_config(pairs: list[str]) -> dict:
+def parse_config(pairs: list[str]) -> dict:
     """key=value pairs; values are JSON when they parse as JSON (numbers, lists, booleans), else strings."""
     config = {}
     for pair in pairs or []:
@@ -34,7 +34,7 @@ def _cmd_list(args) -> int:
 def _cmd_manifests(args) -> int:
     from .data.builders import BUILDERS
 
-    written = BUILDERS[args.dataset](Path(args.data), Path(args.out), **_parse_config(args.config))
+    written = BUILDERS[args.dataset](Path(args.data), Path(args.out), **parse_config(args.config))
     for split, path in written.items():
         print(f"{split}: {path}")
     return 0
@@ -43,7 +43,7 @@ def _cmd_manifests(args) -> int:
 def _cmd_train(args) -> int:
     from . import create, load
 
-    config = _parse_config(args.config)
+    config = parse_config(args.config)
     if args.epochs is not None:
         config["epochs"] = args.epochs
     elif args.minutes is not None:
