@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Shared test helpers (server process, ...) import by module name from any test folder.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 DATA = Path(os.environ.get("MEDANOMALY_DATA", ROOT.parent / "shared" / "data"))
 
 

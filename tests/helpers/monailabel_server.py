@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 APP_DIR = REPO / "monailabel_app"
 
 # Settings that keep a test server quiet and self-contained: no scoring callbacks to port 8000 after training,

@@ -10,7 +10,7 @@ from medanomaly.data import BUILDERS, Case, load_case, rasterize_shapes, read_ma
 from medanomaly.data.builders import default_data_root, split_groups
 from medanomaly.errors import ManifestError
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 if not DATA.exists():
     DATA = default_data_root()
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"shared data sets not found at {DATA}")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedAnomalySlicer"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MedAnomalySlicer"))
 
 from MedAnomalyLib import (AnomalyWorkflow, Job, JobCancelled, MedAnomalyError, ModelInfo,  # noqa: E402
                            MonaiLabelClient, Parameters, ServerError, ServerUnreachable, Signal, ThresholdScale,

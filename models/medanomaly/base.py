@@ -108,6 +108,7 @@ class AnomalyModel:
     kind = "reconstruction"  # "reconstruction", "density" or "classifier": how a client should read the score
     version = "1"  # bump when the method's code changes what a checkpoint means
     supervised = False  # unsupervised models train on normal images only
+    fitting = "gradient"  # "gradient": optimiser steps on training_loss; "statistics": one pass of fit_statistics
     default_config: dict = {}
     preprocessing_keys: tuple = ()  # config keys that define preprocessing; recorded apart in the checkpoint
     inference_keys: tuple = ()  # config keys a request may override for one prediction
@@ -141,6 +142,11 @@ class AnomalyModel:
         raise NotImplementedError
 
     def score_slices(self, slices: list[np.ndarray]) -> SliceScores:
+        raise NotImplementedError
+
+    def fit_statistics(self, items: list) -> dict:
+        """For `fitting = "statistics"` models (mixtures, feature Gaussians, memory banks): estimate the model from
+        the training items in one pass and return a history record. Calibration and checkpoint follow in `fit`."""
         raise NotImplementedError
 
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -247,6 +253,8 @@ class AnomalyModel:
         items = self.select_training_items(as_items(train))
         if not items:
             raise ValueError(f"{self.name}: no training images (unsupervised models need normal images)")
+        if self.fitting == "statistics":
+            return self._fit_by_statistics(items, val, checkpoint, on_epoch_end)
         samples = [sample for item in items for sample in self.training_samples(item)]
         if not samples:
             raise ValueError(f"{self.name}: the training images gave no training samples")
@@ -270,6 +278,18 @@ class AnomalyModel:
             if minutes is not None and time.perf_counter() - started > minutes * 60:
                 break
         self.train_state["finished"] = True
+        self.calibrate(val if val is not None else items, source="validation" if val is not None else "training")
+        if checkpoint is not None:
+            self.save(checkpoint)
+        return self.train_state["history"]
+
+    def _fit_by_statistics(self, items, val, checkpoint, on_epoch_end) -> list[dict]:
+        started = time.perf_counter()
+        record = {"epoch": 1, **self.fit_statistics(items), "seconds": time.perf_counter() - started}
+        self._weights_sha = None
+        self.train_state.update({"epoch": 1, "history": [record], "finished": True})
+        if on_epoch_end is not None:
+            on_epoch_end(record)
         self.calibrate(val if val is not None else items, source="validation" if val is not None else "training")
         if checkpoint is not None:
             self.save(checkpoint)

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from medanomaly.errors import UnsupportedImageError
 from medanomaly.io import MedicalImage, read_image, read_image_bytes, write_image
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 PYDICOM_DATA = DATA / "dicom" / "pydicom_data"
 CR_CHEST = PYDICOM_DATA / "RG1_UNCR.dcm"
 CR_CHEST_J2K = PYDICOM_DATA / "RG1_J2KI.dcm"

@@ -9,7 +9,6 @@ those on MRI. "gmm" is brain-only.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import torch
@@ -17,7 +16,6 @@ import torch.nn.functional as F
 from sklearn.mixture import GaussianMixture
 from torch import nn
 
-from ..base import as_items
 from ..brain import BrainSliceModel
 from ..registry import register
 from .autoencoder import ConvAutoEncoderModel
@@ -105,6 +103,7 @@ class IntensityMixtureModel(BrainSliceModel):
                    "a uniform outlier component of weight lambda. Map: posterior of the uniform component, in "
                    "[0, 1]; score: its mean inside the brain.")
     kind = "density"
+    fitting = "statistics"
     default_config = {
         **BrainSliceModel.default_config,
         "components": 4,  # Nz Gaussians
@@ -121,21 +120,9 @@ class IntensityMixtureModel(BrainSliceModel):
             raise ValueError(f"uniform_weight must be in (0, 1), got {weight}")
         return IntensityMixture(int(self.config["components"]), weight)
 
-    def training_loss(self, *batch):  # no gradient training: `fit` runs EM instead
-        raise NotImplementedError("the intensity mixture is fitted by EM in fit(), not by gradient steps")
-
-    def fit(self, train, val=None, *, checkpoint=None, minutes=None, progress=True, on_epoch_end=None,
-            **config) -> list[dict]:
+    def fit_statistics(self, items: list) -> dict:
         """EM on the intensities of brain voxels of the normal training slices (sklearn GaussianMixture), then
-        the uniform component's range, then calibration and checkpoint as for every model."""
-        unknown = sorted(set(config) - set(self.config))
-        if unknown:
-            raise ValueError(f"{self.name}: unknown config keys {unknown}")
-        self.config.update(config)
-        started = time.perf_counter()
-        items = self.select_training_items(as_items(train))
-        if not items:
-            raise ValueError(f"{self.name}: no training images (unsupervised models need normal images)")
+        the uniform component's range."""
         voxels = [square[mask > 0] for item in items for square, mask in self.training_samples(item)]
         voxels = np.concatenate(voxels) if voxels else np.zeros(0, dtype=np.float32)
         components = int(self.config["components"])
@@ -155,17 +142,8 @@ class IntensityMixtureModel(BrainSliceModel):
         with torch.no_grad():
             for name, value in state.items():
                 getattr(self.network, name).copy_(torch.as_tensor(np.asarray(value), dtype=torch.float32))
-        self._weights_sha = None
-
-        record = {"epoch": 1, "loss": float(-mixture.score(voxels.reshape(-1, 1))), "voxels": int(voxels.size),
-                  "converged": bool(mixture.converged_), "seconds": time.perf_counter() - started}
-        self.train_state.update({"epoch": 1, "history": [record], "finished": True})
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        self.calibrate(val if val is not None else items, source="validation" if val is not None else "training")
-        if checkpoint is not None:
-            self.save(checkpoint)
-        return self.train_state["history"]
+        return {"loss": float(-mixture.score(voxels.reshape(-1, 1))), "voxels": int(voxels.size),
+                "converged": bool(mixture.converged_)}
 
     @torch.no_grad()
     def square_maps(self, x: torch.Tensor, brain: torch.Tensor) -> dict:

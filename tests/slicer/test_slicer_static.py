@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODULE_DIR = ROOT / "MedAnomalySlicer"
 MODULE_FILE = MODULE_DIR / "MedAnomaly.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MedAnomaly.ui"

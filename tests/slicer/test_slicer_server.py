@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MedAnomalySlicer"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MedAnomalySlicer"))
 
 from MedAnomalyLib import AnomalyWorkflow, Volume, read_volume, threshold_mask  # noqa: E402
 from MedAnomalyLib.__main__ import main as lib_main  # noqa: E402
