@@ -1,10 +1,11 @@
-"""Command line: python -m medanomaly {list,manifests,train,evaluate,predict}.
+"""Command line: python -m medanomaly {list,manifests,train,evaluate,predict,score}.
 
 The last line `evaluate` prints is one JSON object, so scripts and benchmarks can parse it."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -81,6 +82,17 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_score(args) -> int:
+    from .scoring import open_source, score_archive
+
+    source = open_source(args.manifest, args.folder, args.dicomweb, args.modality.split(","))
+    summary = score_archive(args.checkpoint, source, args.out, maps=args.maps, workers=args.workers,
+                            device=args.device, progress_every=args.progress_every, retry_errors=args.retry_errors)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medanomaly", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--threshold", type=float)
     predict.add_argument("--device")
     predict.set_defaults(run=_cmd_predict)
+
+    score = sub.add_parser("score", help="score an archive into one CSV row per image (resumes; runs under torchrun)")
+    score.add_argument("--checkpoint", required=True)
+    where = score.add_mutually_exclusive_group(required=True)
+    where.add_argument("--manifest", help="CSV with an `image` column")
+    where.add_argument("--folder", help="every image file below this folder")
+    where.add_argument("--dicomweb", help="DICOMweb URL, e.g. http://pacs:8042/dicom-web")
+    score.add_argument("--modality", default="CR,DX,MG,MR", help="DICOMweb: modalities to list (comma-separated)")
+    score.add_argument("--out", required=True, help="folder for scores.csv (and maps/)")
+    score.add_argument("--maps", action="store_true", help="also write each anomaly map as NRRD")
+    score.add_argument("--workers", type=int, default=2, help="DataLoader workers reading images")
+    score.add_argument("--device")
+    score.add_argument("--progress-every", type=int, default=50, help="a progress line every N images off a terminal")
+    score.add_argument("--retry-errors", action="store_true", help="score again the images whose row has an error")
+    score.set_defaults(run=_cmd_score)
     return parser
 
 
