@@ -33,11 +33,11 @@ from scipy.stats import gaussian_kde  # noqa: E402
 
 import medanomaly  # noqa: E402
 from medanomaly.data import BUILDERS, load_case, read_manifest, split_groups  # noqa: E402
+from medanomaly.inferers.patches import grid_corners  # noqa: E402
 from medanomaly.io import read_image  # noqa: E402
 from medanomaly.lung_field import classical_lung_mask, lung_halves_found  # noqa: E402
 from medanomaly.metrics import image_auroc  # noqa: E402
 from medanomaly.patch_figures import save_lung_overlay, save_patch_boxes, save_sad_histogram  # noqa: E402
-from medanomaly.preprocess import grid_corners  # noqa: E402
 from medanomaly.visualize import save_overlay  # noqa: E402
 
 

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.data.utils import dense_patch_slices
 from monai.transforms import Resize
 from scipy import ndimage
 from skimage.filters import threshold_otsu
+
+# Patch scanning lives in `inferers.patches`; these names are kept here for code written against the old place.
+from .inferers.patches import Patches, extract_patches, grid_corners, stitch_patch_values, stitch_patches  # noqa: F401
 
 
 def to_unit_range(array: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5,
@@ -87,64 +89,6 @@ def foreground_mask(array: np.ndarray, min_size_fraction: float = 0.01) -> np.nd
     sizes = ndimage.sum(mask, labels, index=np.arange(1, count + 1))
     keep = np.flatnonzero(sizes >= min_size_fraction * mask.size) + 1
     return np.isin(labels, keep)
-
-
-@dataclass
-class Patches:
-    """Patches cut on a grid: `arrays` (N, p, p) and each patch's top-left corner (row, col)."""
-
-    arrays: np.ndarray
-    corners: list[tuple[int, int]]
-    patch_size: int
-    image_shape: tuple[int, int]
-
-
-def grid_corners(shape: tuple[int, int], patch_size: int, stride: int) -> list[tuple[int, int]]:
-    """Top-left corners of a grid at `stride` that covers the whole image (the last row and column of patches
-    are aligned with the border, as MONAI's sliding-window inference does)."""
-    if min(shape) < patch_size:
-        raise ValueError(f"image {shape} is smaller than the patch size {patch_size}")
-    slices = dense_patch_slices(shape, (patch_size, patch_size), (stride, stride))
-    return sorted({(rows.start, cols.start) for rows, cols in slices})
-
-
-def extract_patches(array: np.ndarray, patch_size: int, stride: int, foreground: np.ndarray | None = None,
-                    min_foreground_fraction: float = 0.0) -> Patches:
-    """Cut patch_size^2 patches at `stride`, keeping those whose foreground fraction is >= the minimum
-    (1.0 means wholly inside the foreground, e.g. the lung field)."""
-    corners = grid_corners(array.shape, patch_size, stride)
-    if foreground is not None and min_foreground_fraction > 0:
-        fraction = [float(foreground[r:r + patch_size, c:c + patch_size].mean()) for r, c in corners]
-        corners = [corner for corner, value in zip(corners, fraction) if value >= min_foreground_fraction - 1e-9]
-    arrays = np.stack([array[r:r + patch_size, c:c + patch_size] for r, c in corners]) if corners else \
-        np.zeros((0, patch_size, patch_size), dtype=array.dtype)
-    return Patches(arrays.astype(np.float32), corners, patch_size, tuple(array.shape))
-
-
-def stitch_patches(patch_maps: np.ndarray, corners: list[tuple[int, int]], image_shape: tuple[int, int],
-                   fill_value: float = 0.0) -> np.ndarray:
-    """Put per-patch maps (N, p, p) or per-patch values (N,) back on the image, averaging where patches overlap.
-    Pixels no patch covers get `fill_value`."""
-    total = np.zeros(image_shape, dtype=np.float64)
-    count = np.zeros(image_shape, dtype=np.int32)
-    patch_maps = np.asarray(patch_maps, dtype=np.float64)
-    for value, (row, col) in zip(patch_maps, corners):
-        size = value.shape[-1] if value.ndim == 2 else None
-        if size is None:
-            raise ValueError("per-patch scalars need the patch size: use stitch_patch_values")
-        total[row:row + size, col:col + size] += value
-        count[row:row + size, col:col + size] += 1
-    out = np.full(image_shape, fill_value, dtype=np.float64)
-    covered = count > 0
-    out[covered] = total[covered] / count[covered]
-    return out.astype(np.float32)
-
-
-def stitch_patch_values(values: np.ndarray, corners: list[tuple[int, int]], patch_size: int,
-                        image_shape: tuple[int, int], fill_value: float = 0.0) -> np.ndarray:
-    """Paint one value per patch over its square (e.g. a patch's SAD) and average where patches overlap."""
-    tiles = np.broadcast_to(np.asarray(values, dtype=np.float32)[:, None, None], (len(values), patch_size, patch_size))
-    return stitch_patches(tiles, corners, image_shape, fill_value)
 
 
 def to_tensor_batch(arrays: list[np.ndarray] | np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 from monai.networks.schedulers import DDIMScheduler
 
 import medanomaly
-from medanomaly.diffusion_sampling import ddim_reverse, ddim_timesteps, ddpm_reverse, make_schedulers, noise_to_step
+from medanomaly.inferers.diffusion import ddim_reverse, ddim_timesteps, ddpm_reverse, make_schedulers, noise_to_step
 from medanomaly.errors import UnsupportedImageError
 from medanomaly.io import read_image
 from medanomaly.preprocess import foreground_mask, resize_keep_aspect, to_unit_range

@@ -3,9 +3,9 @@ tissue masks, patch grids and stitching."""
 import numpy as np
 import pytest
 
+from medanomaly.inferers.patches import extract_patches, grid_corners, stitch_patch_values, stitch_patches
 from medanomaly.io import read_image
-from medanomaly.preprocess import (extract_patches, foreground_mask, grid_corners, normalise_by_median,
-                                   resize_keep_aspect, stitch_patch_values, stitch_patches, to_unit_range,
+from medanomaly.preprocess import (foreground_mask, normalise_by_median, resize_keep_aspect, to_unit_range,
                                    undo_resize)
 
 

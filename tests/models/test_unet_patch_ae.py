@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import medanomaly
+from medanomaly.inferers.patches import grid_corners, stitch_patch_values
 from medanomaly.io import read_image
 from medanomaly.methods.unet_patch_ae import SCORE_NAMES, intensity_dice_loss
-from medanomaly.preprocess import grid_corners, stitch_patch_values
 
 
 @pytest.fixture(scope="module")

@@ -38,9 +38,10 @@ from monai.networks.nets import DiffusionModelUNet
 from monai.transforms import Resize
 
 from ..base import SliceScores, slices_of
-from ..diffusion_sampling import ddim_reverse, ddpm_reverse, make_schedulers, noise_to_step
 from ..errors import UnsupportedImageError
-from ..preprocess import extract_patches, foreground_mask, grid_corners, stitch_patches, to_unit_range, undo_resize
+from ..inferers.diffusion import ddim_reverse, ddpm_reverse, make_schedulers, noise_to_step
+from ..inferers.patches import extract_patches, grid_corners, stitch_patches
+from ..preprocess import foreground_mask, to_unit_range, undo_resize
 from ..reconstruction import FilmReconstructionModel
 from ..registry import register
 

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from ..base import AnomalyModel, SliceScores, slices_of
+from ..inferers.patches import extract_patches, grid_corners, stitch_patch_values
 from ..lung_field import LungFieldSegmenter
 from ..nets.patch_unet import PatchUNetAutoEncoder
-from ..preprocess import (ResizeInfo, extract_patches, grid_corners, resize_keep_aspect, stitch_patch_values,
-                          to_tensor_batch, to_unit_range, undo_resize)
+from ..preprocess import ResizeInfo, resize_keep_aspect, to_tensor_batch, to_unit_range, undo_resize
 from ..registry import register
 
 SCORE_NAMES = ("lung_mean", "lung_max", "all_mean", "all_max")
