@@ -112,6 +112,11 @@ class AnomalyModel:
     default_config: dict = {}
     preprocessing_keys: tuple = ()  # config keys that define preprocessing; recorded apart in the checkpoint
     inference_keys: tuple = ()  # config keys a request may override for one prediction
+    # What the model is for, so that clients screen images without guessing (codes in `medanomaly.modalities`).
+    modalities: tuple | None = None  # DICOM Modality codes the model reads; None: any
+    body_parts: tuple | None = None  # DICOM BodyPartExamined values; None: any
+    uncertainty_map: str | None = None  # the name of the extras map holding the model's uncertainty, if any
+    min_image_size: int = 32  # smallest in-plane side (pixels) predict accepts
 
     def __init__(self, **config):
         defaults = {**BASE_DEFAULTS, **self.default_config}
@@ -166,6 +171,10 @@ class AnomalyModel:
             "version": cls.version,
             "default_config": {**BASE_DEFAULTS, **cls.default_config},
             "inference_options": list(cls.inference_keys),
+            "modalities": list(cls.modalities) if cls.modalities is not None else None,
+            "body_parts": list(cls.body_parts) if cls.body_parts is not None else None,
+            "uncertainty_map": cls.uncertainty_map,
+            "min_image_size": int(cls.min_image_size),
         }
 
     @property
@@ -193,12 +202,20 @@ class AnomalyModel:
             self.config.update(saved)
 
     # ----- predict -----
+    def check_image_size(self, shape) -> None:
+        """Refuse films or slices smaller than the model can score, naming the size."""
+        if min(shape) < int(self.min_image_size):
+            raise UnsupportedImageError(
+                f"{self.name} needs images of at least {self.min_image_size} pixels on each side; "
+                f"got {shape[0]} x {shape[1]}")
+
     def predict(self, image, threshold: float | None = None, **options) -> AnomalyResult:
         """Score a film (H, W) or a volume (D, H, W); the map and mask come back on the input's grid.
 
         `threshold` overrides the calibrated pixel threshold for this call's mask."""
         image = as_medical_image(image)
         check_pixels(image.array)
+        self.check_image_size(image.array.shape[-2:])
         # One prediction at a time per model: per-request options and hooks such as Grad-CAM mutate the model.
         with self._predict_lock, self.options(**options):
             started = time.perf_counter()

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from .base import AnomalyModel, SliceScores, slices_of
+from .modalities import BRAIN, VOLUME_MODALITIES
 from .preprocess import ResizeInfo, foreground_mask, normalise_by_median, resize_keep_aspect, to_tensor_batch, undo_resize
 
 # A slice whose minimum value covers at least this share of its pixels has a constant background
@@ -96,6 +97,8 @@ class BrainSliceModel(AnomalyModel):
     default_config = dict(BRAIN_DEFAULTS)
     preprocessing_keys = ("image_size",)
     default_map = "squared"
+    modalities = VOLUME_MODALITIES
+    body_parts = BRAIN
 
     def prepare(self, slice_2d: np.ndarray, mask: np.ndarray | None = None) -> BrainSlice:
         return prepare_brain_slice(slice_2d, int(self.config["image_size"]), mask)

@@ -42,12 +42,16 @@ import torch.nn.functional as F
 from .base import AnomalyModel, SliceScores, slices_of
 from .data.manifest import NORMAL_LABEL_NAMES
 from .errors import ManifestError
+from .modalities import CHEST, CHEST_FILM_MODALITIES
 from .preprocess import ResizeInfo, resize_keep_aspect, to_unit_range, undo_resize
 
 
 class ClassifierModel(AnomalyModel):
     kind = "classifier"
     supervised = True
+    # Every classifier here reads chest films (their classes are chest findings); one for other films overrides.
+    modalities = CHEST_FILM_MODALITIES
+    body_parts = CHEST
     default_config = {
         "classes": ["normal", "abnormal"],  # class names; the normal one is `normal_class`, else the first
         "normal_class": None,

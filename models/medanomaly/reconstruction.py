@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import AnomalyModel, SliceScores, slices_of
+from .modalities import FILM_MODALITIES
 from .preprocess import resize_keep_aspect, to_tensor_batch, to_unit_range, undo_resize
 
 
@@ -21,6 +22,7 @@ class FilmReconstructionModel(AnomalyModel):
         "residual": "abs",  # "abs": |x - x_hat| (the mammography paper); "squared": (x - x_hat)^2
     }
     preprocessing_keys = ("image_size", "clip_percentiles")
+    modalities = FILM_MODALITIES
 
     def preprocess(self, slice_2d: np.ndarray):
         low, high = self.config["clip_percentiles"]

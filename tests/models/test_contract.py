@@ -1,5 +1,6 @@
 """The anomaly-model contract, exercised with the conv autoencoder on real chest films: registry, predict on
 films and volumes, calibration, checkpoints (round trip, atomic write, resume), bad input."""
+import json
 import os
 
 import numpy as np
@@ -38,6 +39,21 @@ def test_registry_lists_creates_and_refuses():
         medanomaly.create("no-such-model")
     with pytest.raises(ValueError, match="imagesize"):
         medanomaly.create("ae", imagesize=64)
+
+
+def test_models_declare_what_images_they_read():
+    described = medanomaly.describe_models()
+    json.dumps(described)  # what the server's /info/ returns
+    for name, record in described.items():
+        for key in ("modalities", "body_parts"):
+            assert record[key] is None or all(isinstance(code, str) and code.isupper() for code in record[key])
+        assert record["min_image_size"] >= 1
+    assert described["brain-ae"]["modalities"] == ["MR"] and "BRAIN" in described["gmm"]["body_parts"]
+    assert "CHEST" in described["densenet121"]["body_parts"] and "DX" in described["unet-patch-ae"]["modalities"]
+    assert described["ddpm"]["body_parts"] == ["BREAST"] and "MG" in described["ae"]["modalities"]
+    assert described["ddpm"]["uncertainty_map"] == "residual_std"
+    assert described["vae-uncertainty"]["uncertainty_map"] == "U"
+    assert described["ae"]["uncertainty_map"] is None
 
 
 def test_predict_returns_map_and_mask_on_the_film_grid(trained, data_root):
@@ -156,6 +172,10 @@ def test_bad_inputs_raise_clear_errors(trained, tmp_path):
         model.predict(np.zeros((2, 2, 32, 32), dtype=np.float32))
     with pytest.raises(UnsupportedImageError, match="zero size"):
         model.predict(np.zeros((0, 32), dtype=np.float32))
+    with pytest.raises(UnsupportedImageError, match="at least 32 pixels on each side; got 16 x 300"):
+        model.predict(np.ones((16, 300), dtype=np.float32))
+    with pytest.raises(UnsupportedImageError, match="got 20 x 64"):
+        model.predict(np.ones((3, 20, 64), dtype=np.float32))  # a volume: the in-plane size counts
     with pytest.raises(ValueError, match="cannot be set per request"):
         model.predict(np.zeros((32, 32), dtype=np.float32), image_size=32)
     corrupt = tmp_path / "corrupt.pt"

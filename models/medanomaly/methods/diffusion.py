@@ -41,6 +41,7 @@ from ..base import SliceScores, slices_of
 from ..errors import UnsupportedImageError
 from ..inferers.diffusion import ddim_reverse, ddpm_reverse, make_schedulers, noise_to_step
 from ..inferers.patches import extract_patches, grid_corners, stitch_patches
+from ..modalities import BREAST
 from ..preprocess import foreground_mask, to_unit_range, undo_resize
 from ..reconstruction import FilmReconstructionModel
 from ..registry import register
@@ -57,6 +58,8 @@ class DiffusionAnomalyModel(FilmReconstructionModel):
                    "Whole-film or breast-patch mode. Map: mean |x - x_hat|; score: its MAE.")
     kind = "reconstruction"
     version = "1"
+    body_parts = BREAST
+    uncertainty_map = "residual_std"  # the spread of the residual across repeats
     default_config = {
         **FilmReconstructionModel.default_config,
         "mode": "whole",  # "whole": film resized to image_size; "patch": tissue patches at full resolution

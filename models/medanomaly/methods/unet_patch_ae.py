@@ -27,6 +27,7 @@ import torch
 from ..base import AnomalyModel, SliceScores, slices_of
 from ..inferers.patches import extract_patches, grid_corners, stitch_patch_values
 from ..lung_field import LungFieldSegmenter
+from ..modalities import CHEST, CHEST_FILM_MODALITIES
 from ..nets.patch_unet import PatchUNetAutoEncoder
 from ..preprocess import ResizeInfo, resize_keep_aspect, to_tensor_batch, to_unit_range, undo_resize
 from ..registry import register
@@ -69,6 +70,8 @@ class UNetPatchAutoEncoderModel(AnomalyModel):
     description = ("U-Net patch autoencoder (pneumonia paper): 32 px lung patches, Dice loss on intensities; "
                    "map: per-patch SAD over the whole film at stride 20; score: SAD over the lung patches.")
     kind = "reconstruction"
+    modalities = CHEST_FILM_MODALITIES
+    body_parts = CHEST
     default_config = {
         "image_size": 256,
         "clip_percentiles": [0.5, 99.5],

@@ -50,6 +50,7 @@ class UncertaintyVAEModel(BrainSliceModel):
     }
     inference_keys = ("anomaly_map",)
     default_map = "E"
+    uncertainty_map = "U"  # aleatoric: in extras unless chosen as the map itself
 
     def __init__(self, **config):
         super().__init__(**config)

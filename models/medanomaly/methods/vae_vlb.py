@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..base import SliceScores
+from ..modalities import CHEST, CHEST_FILM_MODALITIES
 from ..nets.padded_vae import PaddedVarAutoEncoder
 from ..preprocess import to_tensor_batch, undo_resize
 from ..reconstruction import FilmReconstructionModel
@@ -26,6 +27,8 @@ class VLBVariationalAutoEncoderModel(FilmReconstructionModel):
                    "(negative ELBO, nats) by Monte Carlo over vlb_samples latent draws; map: the per-pixel "
                    "reconstruction term. Usable as an out-of-distribution screen: non-chest images score higher.")
     kind = "density"
+    modalities = CHEST_FILM_MODALITIES
+    body_parts = CHEST
     default_config = {
         **FilmReconstructionModel.default_config,
         "image_size": 100,
