@@ -8,7 +8,8 @@ import torch
 import medanomaly
 from medanomaly.inferers.patches import grid_corners, stitch_patch_values
 from medanomaly.io import read_image
-from medanomaly.methods.unet_patch_ae import SCORE_NAMES, intensity_dice_loss
+from medanomaly.losses import intensity_dice_loss
+from medanomaly.methods.unet_patch_ae import SCORE_NAMES
 
 
 @pytest.fixture(scope="module")

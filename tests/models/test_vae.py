@@ -8,7 +8,7 @@ import torch
 import medanomaly
 from medanomaly.brain import derive_brain_mask, prepare_brain_slice
 from medanomaly.io import read_image, write_image
-from medanomaly.methods.vae_uncertainty import gaussian_terms
+from medanomaly.losses import gaussian_kl, gaussian_terms
 from medanomaly.preprocess import resize_keep_aspect
 
 BRATS_CASE = "brats2015/train/brats_2013_pat0005_1"
@@ -86,6 +86,17 @@ def test_maps_split_into_aleatoric_and_normalised_error(trained_uncertainty_vae,
     error = maps["squared"] > 1e-6
     assert np.all(wider["E"][0, 0].numpy()[error] < maps["E"][error])
     assert np.all(wider["U"][0, 0].numpy() > maps["U"])
+
+
+def test_latent_kl_matches_the_closed_form(trained_uncertainty_vae, brain_slices):
+    model = trained_uncertainty_vae
+    model.network.eval()
+    x = torch.as_tensor(model.prepare(brain_slices["sick"]).square)[None, None]
+    with torch.no_grad():
+        mu, log_var = model.network.encode(x)
+    closed_form = 0.5 * (mu.square() + log_var.exp() - 1 - log_var).flatten(1).sum(dim=1)
+    torch.testing.assert_close(gaussian_kl(mu, log_var), closed_form, rtol=1e-5, atol=1e-4)
+    assert float(gaussian_kl(torch.zeros_like(mu), torch.zeros_like(log_var))) == 0.0  # the prior itself
 
 
 def test_predict_returns_all_four_maps_inside_the_brain(trained_uncertainty_vae, brain_slices):

@@ -8,15 +8,13 @@ those on MRI. "gmm" is brain-only.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.mixture import GaussianMixture
 from torch import nn
 
 from ..brain import BrainSliceModel
+from ..nets.intensity_mixture import IntensityMixture
 from ..registry import register
 from .autoencoder import ConvAutoEncoderModel
 
@@ -46,8 +44,7 @@ class BrainAutoEncoderModel(BrainSliceModel, ConvAutoEncoderModel):
         return network
 
     def training_loss(self, x: torch.Tensor, brain: torch.Tensor) -> torch.Tensor:
-        noisy = x + self.config["noise_std"] * torch.randn_like(x) if self.config["noise_std"] > 0 else x
-        return F.mse_loss(self.reconstruct(noisy), x)
+        return super().training_loss(x)  # the autoencoder's (denoising) loss over the whole square
 
     def map_name(self) -> str:
         return self.config["residual"]  # "squared" (the paper's baseline) or "abs"
@@ -68,33 +65,6 @@ class BrainDAE(BrainAutoEncoderModel):
     description = ("Denoising convolutional autoencoder (noise sigma 0.5) on brain MRI slices. Map: squared "
                    "reconstruction error inside the brain; score: its mean.")
     default_config = {**BrainAutoEncoderModel.default_config, "noise_std": 0.5}
-
-
-class IntensityMixture(nn.Module):
-    """p(x) = (1 - lambda) sum_k pi_k N(x; m_k, s_k^2) + lambda U(x; low, high), over one voxel's intensity.
-
-    The parameters are buffers so that they travel in the checkpoint's state_dict like any network's weights."""
-
-    def __init__(self, components: int, uniform_weight: float):
-        super().__init__()
-        self.register_buffer("weights", torch.full((components,), 1.0 / components))
-        self.register_buffer("means", torch.zeros(components))
-        self.register_buffer("variances", torch.ones(components))
-        self.register_buffer("uniform_weight", torch.tensor(float(uniform_weight)))
-        self.register_buffer("low", torch.tensor(0.0))
-        self.register_buffer("high", torch.tensor(1.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Posterior probability of the uniform (outlier) component for every voxel of x, in [0, 1].
-
-        Intensities outside [low, high] are clipped to it: the outlier density stays 1 / (high - low) there
-        while the Gaussians vanish, so extreme values get a posterior near 1 rather than an undefined one."""
-        x = x.clamp(float(self.low), float(self.high)).unsqueeze(-1)
-        log_gauss = (-0.5 * (x - self.means).square() / self.variances
-                     - 0.5 * torch.log(2 * math.pi * self.variances) + torch.log(self.weights))
-        log_normal = torch.log1p(-self.uniform_weight) + torch.logsumexp(log_gauss, dim=-1)
-        log_outlier = torch.log(self.uniform_weight) - torch.log(self.high - self.low)
-        return torch.sigmoid(log_outlier - log_normal)
 
 
 @register("gmm")

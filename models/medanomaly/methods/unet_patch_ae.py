@@ -26,6 +26,7 @@ import torch
 
 from ..base import AnomalyModel, SliceScores, slices_of
 from ..inferers.patches import extract_patches, grid_corners, stitch_patch_values
+from ..losses import intensity_dice_loss
 from ..lung_field import LungFieldSegmenter
 from ..modalities import CHEST, CHEST_FILM_MODALITIES
 from ..nets.patch_unet import PatchUNetAutoEncoder
@@ -33,15 +34,6 @@ from ..preprocess import ResizeInfo, resize_keep_aspect, to_tensor_batch, to_uni
 from ..registry import register
 
 SCORE_NAMES = ("lung_mean", "lung_max", "all_mean", "all_max")
-
-
-def intensity_dice_loss(output: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """The paper's Dice loss on intensities, per sample and averaged over the batch:
-    -ln(2 sum(I J) / (sum|I| + sum|J|)). It is 0 for a perfect reconstruction of a non-black patch."""
-    dims = tuple(range(1, output.ndim))
-    overlap = (output * target).sum(dims)
-    total = output.abs().sum(dims) + target.abs().sum(dims)
-    return -torch.log((2 * overlap + eps) / (total + eps)).mean()
 
 
 @dataclass

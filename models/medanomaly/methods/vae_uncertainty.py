@@ -7,29 +7,14 @@ E: a large error where the model expected little noise. All four maps are in the
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..brain import BrainSliceModel
+from ..losses import gaussian_kl, gaussian_terms
 from ..nets.uncertainty_vae import UncertaintyVAE
 from ..registry import register
 
 MAP_NAMES = ("E", "U", "L", "squared")
-
-
-def gaussian_terms(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> dict:
-    """The per-pixel parts of -log N(x; mean, exp(log_var)): U (aleatoric), E (normalised error), L = U + E,
-    and the squared error."""
-    squared = (x - mean).square()
-    aleatoric = 0.5 * (math.log(2 * math.pi) + log_var)
-    normalised_error = squared * torch.exp(-log_var) / 2
-    return {"L": aleatoric + normalised_error, "U": aleatoric, "E": normalised_error, "squared": squared}
-
-
-def gaussian_kl(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, sigma^2) || N(0, 1)) summed over the latent dimensions, one value per sample."""
-    return 0.5 * (mu.square() + log_var.exp() - 1 - log_var).flatten(1).sum(dim=1)
 
 
 @register("vae-uncertainty")

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from ..base import SliceScores
+from ..losses import gaussian_kl
 from ..modalities import CHEST, CHEST_FILM_MODALITIES
 from ..nets.padded_vae import PaddedVarAutoEncoder
 from ..preprocess import to_tensor_batch, undo_resize
 from ..reconstruction import FilmReconstructionModel
 from ..registry import register
-from .vae_uncertainty import gaussian_kl
 
 
 @register("vae-vlb")
