@@ -1,23 +1,24 @@
 """MedAnomaly: anomaly maps from a MONAI Label server, shown, re-thresholded, corrected and learnt from in Slicer.
 
-This file is the thin Slicer glue. The workflow itself (REST client, jobs, thresholds, colour tables, volume files)
-lives in the plain-Python package `MedAnomalyLib`, tested with pytest without Slicer.
+This file is the thin Slicer glue: widgets and their wiring. The workflow (REST client, jobs, thresholds, colour
+tables, volume files) lives in the plain-Python package `MedAnomalyLib`, and what touches the MRML scene in
+`MedAnomalyLib.scene`, both tested with pytest (the scene on slicer-core's real MRML) without the Slicer application.
 """
+import importlib
 import os
-import unittest
+import sys
 
 import numpy as np
 import qt
 import slicer
-import vtk
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 
-from MedAnomalyLib import (COLOUR_MAPS, AnomalyWorkflow, MedAnomalyError, Parameters, Volume, colour_lut,
-                           display_window)
+from MedAnomalyLib import COLOUR_MAPS, AnomalyWorkflow, MedAnomalyError, Parameters
+from MedAnomalyLib.scene import SEGMENT_ID, AnomalyScene
 
 SETTINGS_KEY = "MedAnomaly/parameters"
-SEGMENT_ID = "anomaly"
+LIBRARY = "MedAnomalyLib"
 
 
 class MedAnomaly(ScriptedLoadableModule):
@@ -44,7 +45,7 @@ class MedAnomalyWidget(ScriptedLoadableModuleWidget):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
-        self.logic = MedAnomalyLogic()
+        self.logic = self.createLogic()
         self.parameters = Parameters.from_json(qt.QSettings().value(SETTINGS_KEY))
         self.sampleImageId = None  # datastore id of the volume loaded by "Next image"
         self.sampleVolumeNode = None
@@ -86,10 +87,23 @@ class MedAnomalyWidget(ScriptedLoadableModuleWidget):
         self.pollTimer.connect("timeout()", self.onPoll)
         self.updateButtons(False)
 
+    def createLogic(self):
+        """The logic the panel drives; a test overrides this to inject a workflow."""
+        return MedAnomalyLogic()
+
     def cleanup(self):
         self.pollTimer.stop()
         self.saveParameters()
         self.logic.workflow.cleanup()
+
+    def onReload(self):
+        """Reload the library too: Slicer's Reload re-executes only this file."""
+        loaded = sorted(name for name in sys.modules if name == LIBRARY or name.startswith(LIBRARY + "."))
+        for name in loaded:
+            del sys.modules[name]
+        for name in loaded:
+            importlib.import_module(name)
+        ScriptedLoadableModuleWidget.onReload(self)
 
     # --- helpers ------------------------------------------------------------------------------------------------
     def saveParameters(self):
@@ -173,15 +187,15 @@ class MedAnomalyWidget(ScriptedLoadableModuleWidget):
         if not self.parameters.model:
             self.showError("Connect to a server and choose a model first.")
             return
-        self.logic.inputVolumeNode = volumeNode
+        self.logic.scene.input_node = volumeNode
         imageId = self.sampleImageId if volumeNode is self.sampleVolumeNode else None
         self.run(lambda: self.logic.workflow.compute(
-            None if imageId else self.logic.volumeFromNode(volumeNode), self.parameters.model,
+            None if imageId else self.logic.scene.volume_from_node(volumeNode), self.parameters.model,
             self.parameters.inference_options, image_id=imageId, name=volumeNode.GetName()))
 
     def onResultReady(self, result):
         scale = self.logic.workflow.scale
-        self.logic.showHeatmap(result, self.parameters)
+        self.logic.showResult(result, self.parameters)
         self.ui.scoreLabel.text = result.summary()
         wasBlocked = self.ui.thresholdSlider.blockSignals(True)
         # Enough decimals for one slider step, whatever the heatmap's range (0..0.01 or 0..100).
@@ -200,20 +214,29 @@ class MedAnomalyWidget(ScriptedLoadableModuleWidget):
         self.ui.thresholdSlider.value = threshold
         self.ui.thresholdSlider.blockSignals(wasBlocked)
         self.ui.thresholdLabel.text = self.logic.workflow.threshold_summary()
-        self.logic.showMask(mask)
-        self.logic.updateHeatmapDisplay(self.parameters, threshold)
+        self.logic.scene.show_mask(mask)
+        self.logic.updateDisplay(self.parameters, threshold)
 
     def onDisplayChanged(self, value=None):
         self.parameters.opacity = self.ui.opacitySlider.value
         self.parameters.colour_map = self.ui.colourMapComboBox.currentText
-        self.logic.updateHeatmapDisplay(self.parameters, self.logic.workflow.threshold)
+        self.logic.updateDisplay(self.parameters, self.logic.workflow.threshold)
 
     def onEditSegment(self):
-        self.logic.openSegmentEditor()
+        scene = self.logic.scene
+        if scene.segmentation_node is None:
+            self.showError("Compute an anomaly map first.")
+            return
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.modules.SegmentEditorWidget.editor
+        editor.setSegmentationNode(scene.segmentation_node)
+        setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode  # Slicer < 5.4
+        setSource(scene.input_node or scene.heatmap_node)
+        editor.setCurrentSegmentID(SEGMENT_ID)
 
     def onSubmitCorrection(self):
         try:
-            mask = self.logic.editedMask()
+            mask = self.logic.scene.edited_mask()
         except MedAnomalyError as error:
             self.showError(str(error))
             return
@@ -239,8 +262,8 @@ class MedAnomalyWidget(ScriptedLoadableModuleWidget):
 
     def onSampleReady(self, sample):
         try:
-            node = slicer.util.loadVolume(str(sample.path), {"singleFile": True, "name": sample.image_id})
-        except Exception as error:  # Slicer raises a plain RuntimeError when a file does not load
+            node = self.logic.scene.load_image(sample.path, sample.image_id)
+        except MedAnomalyError as error:
             self.showError(f"Could not load {sample.image_id}: {error}")
             return
         self.sampleImageId, self.sampleVolumeNode = sample.image_id, node
@@ -251,85 +274,22 @@ class MedAnomalyWidget(ScriptedLoadableModuleWidget):
 
 
 class MedAnomalyLogic(ScriptedLoadableModuleLogic):
-    """Slicer nodes <-> the plain-Python workflow. Usable from the Python console without the panel."""
+    """The workflow (server calls, jobs) and the scene (nodes). Usable from the Python console without the panel;
+    `workflow` is injectable, so the panel can be tested without a server."""
 
-    def __init__(self):
+    def __init__(self, workflow=None):
         ScriptedLoadableModuleLogic.__init__(self)
-        self.workflow = AnomalyWorkflow()
-        self.inputVolumeNode = None
-        self.heatmapNode = None
-        self.segmentationNode = None
-        self.colourNode = None
+        self.workflow = workflow if workflow is not None else AnomalyWorkflow()
+        self.scene = AnomalyScene(slicer.mrmlScene)
 
-    @staticmethod
-    def volumeFromNode(volumeNode):
-        matrix = vtk.vtkMatrix4x4()
-        volumeNode.GetIJKToRASMatrix(matrix)
-        return Volume.from_slicer_array(slicer.util.arrayFromVolume(volumeNode).copy(),
-                                        slicer.util.arrayFromVTKMatrix(matrix))
+    def showResult(self, result, parameters):
+        """Heatmap over the image in the slice views, labelmap as the segment to edit."""
+        self.scene.show_result(result, parameters.colour_map, parameters.transparent_below)
+        self.scene.show_in_slice_views(parameters.validated_opacity())
 
-    @staticmethod
-    def updateNodeFromVolume(node, volume):
-        node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(volume.ijk_to_ras))
-        slicer.util.updateVolumeFromArray(node, volume.array)
-
-    def showHeatmap(self, result, parameters):
-        """Heatmap as the foreground layer with a colour table; labelmap as a segment to edit."""
-        if self.heatmapNode is None or slicer.mrmlScene.GetNodeByID(self.heatmapNode.GetID()) is None:
-            self.heatmapNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "AnomalyMap")
-            self.heatmapNode.CreateDefaultDisplayNodes()
-        self.updateNodeFromVolume(self.heatmapNode, result.heatmap)
-        self.heatmapNode.SetName(f"AnomalyMap {result.model} {result.image_id}")
-        if self.segmentationNode is None or slicer.mrmlScene.GetNodeByID(self.segmentationNode.GetID()) is None:
-            self.segmentationNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Anomaly")
-            self.segmentationNode.CreateDefaultDisplayNodes()
-        self.segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(self.heatmapNode)
-        segmentation = self.segmentationNode.GetSegmentation()
-        if segmentation.GetSegment(SEGMENT_ID) is None:
-            segmentation.AddEmptySegment(SEGMENT_ID, "Anomaly", [1.0, 0.9, 0.1])
-        self.showMask(result.label.array)
-        background = self.inputVolumeNode.GetID() if self.inputVolumeNode is not None else None
-        slicer.util.setSliceViewerLayers(background=background, foreground=self.heatmapNode.GetID(),
-                                         foregroundOpacity=parameters.validated_opacity(), fit=True)
-        self.updateHeatmapDisplay(parameters, result.pixel_threshold)
-
-    def updateHeatmapDisplay(self, parameters, threshold):
-        if self.heatmapNode is None:
-            return
-        lut = colour_lut(parameters.colour_map, 256, parameters.transparent_below)
-        if self.colourNode is None or slicer.mrmlScene.GetNodeByID(self.colourNode.GetID()) is None:
-            self.colourNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", "MedAnomalyHeat")
-            self.colourNode.SetTypeToUser()
-            self.colourNode.SetHideFromEditors(True)
-        self.colourNode.SetNumberOfColors(len(lut))
-        for index, (r, g, b, a) in enumerate(lut / 255.0):
-            self.colourNode.SetColor(index, f"heat{index}", r, g, b, a)
-        displayNode = self.heatmapNode.GetDisplayNode()
-        displayNode.SetAndObserveColorNodeID(self.colourNode.GetID())
-        displayNode.SetAutoWindowLevel(False)
-        lower, upper = display_window(slicer.util.arrayFromVolume(self.heatmapNode), threshold)
-        displayNode.SetWindowLevelMinMax(lower, upper)
-        for compositeNode in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
-            compositeNode.SetForegroundOpacity(parameters.validated_opacity())
-
-    def showMask(self, mask):
-        if self.segmentationNode is None or self.heatmapNode is None:
-            return
-        slicer.util.updateSegmentBinaryLabelmapFromArray(np.asarray(mask, dtype=np.uint8), self.segmentationNode,
-                                                         SEGMENT_ID, self.heatmapNode)
-
-    def editedMask(self):
-        if self.segmentationNode is None or self.heatmapNode is None:
-            raise MedAnomalyError("compute an anomaly map first")
-        return slicer.util.arrayFromSegmentBinaryLabelmap(self.segmentationNode, SEGMENT_ID, self.heatmapNode)
-
-    def openSegmentEditor(self):
-        slicer.util.selectModule("SegmentEditor")
-        editor = slicer.modules.SegmentEditorWidget.editor
-        editor.setSegmentationNode(self.segmentationNode)
-        setSource = getattr(editor, "setSourceVolumeNode", None) or editor.setMasterVolumeNode  # Slicer < 5.4
-        setSource(self.inputVolumeNode or self.heatmapNode)
-        editor.setCurrentSegmentID(SEGMENT_ID)
+    def updateDisplay(self, parameters, threshold):
+        self.scene.update_heatmap_display(parameters.colour_map, parameters.transparent_below, threshold)
+        self.scene.show_in_slice_views(parameters.validated_opacity())
 
 
 class MedAnomalyTest(ScriptedLoadableModuleTest):
@@ -371,20 +331,21 @@ class MedAnomalyTest(ScriptedLoadableModuleTest):
             workflow.next_sample("random", model)
             sample = self.wait(logic).result
             path, imageId = str(sample.path), sample.image_id
-        logic.inputVolumeNode = slicer.util.loadVolume(path, {"singleFile": True})
+        inputNode = slicer.util.loadVolume(path, {"singleFile": True})
+        logic.scene.input_node = inputNode
         self.delayDisplay(f"Scoring {path} with {model}")
-        workflow.compute(None if imageId else logic.volumeFromNode(logic.inputVolumeNode), model, image_id=imageId)
+        workflow.compute(None if imageId else logic.scene.volume_from_node(inputNode), model, image_id=imageId)
         result = self.wait(logic).result
-        logic.showHeatmap(result, Parameters())
+        logic.showResult(result, Parameters())
         # A colour film loads as a vector volume: its grid is the array's first three axes.
-        self.assertEqual(result.heatmap.shape, slicer.util.arrayFromVolume(logic.inputVolumeNode).shape[:3])
+        self.assertEqual(result.heatmap.shape, slicer.util.arrayFromVolume(inputNode).shape[:3])
 
         threshold = float(np.percentile(result.heatmap.array, 95))
         mask = workflow.set_threshold(threshold)
-        logic.showMask(mask)
-        np.testing.assert_array_equal(logic.editedMask() > 0, result.heatmap.array >= threshold)
+        logic.scene.show_mask(mask)
+        np.testing.assert_array_equal(logic.scene.edited_mask() > 0, result.heatmap.array >= threshold)
 
-        workflow.submit_correction(logic.editedMask())
+        workflow.submit_correction(logic.scene.edited_mask())
         self.assertEqual(self.wait(logic).result["image"], result.image_id)
         if os.environ.get("MEDANOMALY_TEST_TRAIN") == "1":
             workflow.retrain(model, {"epochs": 1, "minutes": 2})

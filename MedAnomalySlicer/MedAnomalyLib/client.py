@@ -1,4 +1,4 @@
-"""A small MONAI Label REST client on the standard library (Slicer's Python has no monailabel package).
+"""A small MONAI Label REST client on `requests` (shipped with Slicer; Slicer's Python has no monailabel package).
 
 Every HTTP failure becomes a `ServerError` carrying the server's own message (FastAPI's `{"detail": ...}`), and a
 server that cannot be reached becomes `ServerUnreachable`, so the panel can show one readable sentence.
@@ -8,15 +8,13 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
-import mimetypes
 import re
-import socket
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import requests
 
 from .errors import ServerError, ServerUnreachable
 
@@ -35,6 +33,7 @@ class ModelInfo:
     inference_options: list = field(default_factory=list)
     thresholds: dict = field(default_factory=dict)
     modalities: list = field(default_factory=list)
+    body_parts: list = field(default_factory=list)
     model_version: str | None = None
     raw: dict = field(default_factory=dict)
 
@@ -53,7 +52,8 @@ class ModelInfo:
             options={key: config.get(key) for key in option_names} if option_names else config,
             inference_options=option_names,
             thresholds=dict(extra.get("thresholds") or {}),
-            modalities=list(extra.get("modalities") or []),
+            modalities=list(extra.get("modalities") or entry.get("modalities") or []),
+            body_parts=list(extra.get("body_parts") or entry.get("body_parts") or []),
             model_version=extra.get("model_version"),
             raw=entry,
         )
@@ -62,7 +62,11 @@ class ModelInfo:
         """One line for the panel: what it is, whether it can be used yet."""
         state = "trained" if self.trained else "not trained yet"
         kind = f" ({self.kind})" if self.kind else ""
-        return f"{self.name}{kind}, {state}: {self.description}".strip().rstrip(":")
+        text = f"{self.name}{kind}, {state}: {self.description}".strip().rstrip(":")
+        for title, values in (("modalities", self.modalities), ("body parts", self.body_parts)):
+            if values:
+                text += f"; {title}: {', '.join(str(v) for v in values)}"
+        return text
 
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]+")
@@ -88,6 +92,7 @@ class MonaiLabelClient:
             raise ServerUnreachable("the URL must look like http://host:port", url)
         self.server_url = url.rstrip("/")
         self.timeout = timeout
+        self.session = requests.Session()
 
     # --- standard MONAI Label endpoints -------------------------------------------------------------------------
     def info(self) -> dict:
@@ -105,9 +110,8 @@ class MonaiLabelClient:
 
     def upload_image(self, path, image_id: str, params: dict | None = None) -> str:
         path = Path(path)
-        body, content_type = encode_multipart({"params": json.dumps(params or {})},
-                                              {"file": (path.name, path.read_bytes())})
-        answer = self._json("PUT", "/datastore/image", query={"image": image_id}, body=body, content_type=content_type)
+        answer = self._json("PUT", "/datastore/image", query={"image": image_id},
+                            data={"params": json.dumps(params or {})}, files={"file": (path.name, path.read_bytes())})
         return str(answer.get("image", image_id))
 
     def download_image(self, image_id: str, folder) -> Path:
@@ -115,10 +119,8 @@ class MonaiLabelClient:
 
     def save_label(self, image_id: str, path, tag: str = "final", params: dict | None = None) -> dict:
         path = Path(path)
-        body, content_type = encode_multipart({"params": json.dumps(params or {})},
-                                              {"label": (path.name, path.read_bytes())})
-        return self._json("PUT", "/datastore/label", query={"image": image_id, "tag": tag}, body=body,
-                          content_type=content_type)
+        return self._json("PUT", "/datastore/label", query={"image": image_id, "tag": tag},
+                          data={"params": json.dumps(params or {})}, files={"label": (path.name, path.read_bytes())})
 
     def download_label(self, image_id: str, folder, tag: str = "final") -> Path:
         return self._download("/datastore/label", {"label": image_id, "tag": tag}, folder,
@@ -126,9 +128,8 @@ class MonaiLabelClient:
 
     def infer(self, model: str, image_id: str, params: dict | None = None) -> tuple[dict, bytes | None, str]:
         """(result JSON, labelmap file bytes or None, labelmap file name) for an image already in the datastore."""
-        body, content_type = encode_multipart({"params": json.dumps(params or {})}, {})
-        status, headers, payload = self._request("POST", f"/infer/{_quote(model)}", query={"image": image_id},
-                                                 body=body, content_type=content_type)
+        _, headers, payload = self._request("POST", f"/infer/{_quote(model)}", query={"image": image_id},
+                                            data={"params": json.dumps(params or {})})
         kind = headers.get("Content-Type", "")
         if kind.startswith("multipart/"):
             parts = parse_multipart(payload, kind)
@@ -138,8 +139,7 @@ class MonaiLabelClient:
         return _decode_json(payload, self.server_url), None, ""
 
     def train_start(self, model: str, params: dict | None = None) -> dict:
-        return self._json("POST", f"/train/{_quote(model)}", body=json.dumps(params or {}).encode(),
-                          content_type="application/json")
+        return self._json("POST", f"/train/{_quote(model)}", json=params or {})
 
     def train_status(self, check_if_running: bool = False):
         """The current/last training task; None when the server never trained since it started."""
@@ -154,8 +154,7 @@ class MonaiLabelClient:
         return self._json("DELETE", "/train/")
 
     def next_sample(self, strategy: str, params: dict | None = None) -> dict:
-        return self._json("POST", f"/activelearning/{_quote(strategy)}", body=json.dumps(params or {}).encode(),
-                          content_type="application/json")
+        return self._json("POST", f"/activelearning/{_quote(strategy)}", json=params or {})
 
     # --- MedAnomaly maps ----------------------------------------------------------------------------------------
     def download_map(self, relative_url: str, destination) -> Path:
@@ -177,26 +176,20 @@ class MonaiLabelClient:
         path.write_bytes(payload)
         return path
 
-    def _json(self, method: str, route: str, query: dict | None = None, body: bytes | None = None,
-              content_type: str | None = None):
-        _, _, payload = self._request(method, route, query, body, content_type)
+    def _json(self, method: str, route: str, query: dict | None = None, **body):
+        _, _, payload = self._request(method, route, query, **body)
         return _decode_json(payload, self.server_url)
 
-    def _request(self, method, route, query=None, body=None, content_type=None):
+    def _request(self, method, route, query=None, **body):
+        """(status, headers, body bytes); `body` is passed to requests (data=, files=, json=)."""
         url = self.server_url + route
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
-        request = urllib.request.Request(url, data=body, method=method)
-        if content_type:
-            request.add_header("Content-Type", content_type)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return response.status, response.headers, response.read()
-        except urllib.error.HTTPError as error:
-            raise ServerError(_error_message(error), error.code, url) from None
-        except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise ServerUnreachable(str(reason), self.server_url) from None
+            response = self.session.request(method, url, params=query, timeout=self.timeout, **body)
+        except requests.RequestException as error:
+            raise ServerUnreachable(_reason(error), self.server_url) from None
+        if response.status_code >= 400:
+            raise ServerError(_error_message(response), response.status_code, response.url)
+        return response.status_code, response.headers, response.content
 
 
 def _quote(value: str) -> str:
@@ -210,12 +203,9 @@ def _decode_json(payload: bytes, url: str):
         raise ServerError(f"the server at {url} did not answer JSON (is this a MONAI Label server?)") from None
 
 
-def _error_message(error: urllib.error.HTTPError) -> str:
+def _error_message(response: requests.Response) -> str:
     """The server's own explanation: FastAPI `detail` (a string, or a list of validation errors)."""
-    try:
-        body = error.read().decode(errors="replace")
-    except OSError:
-        body = ""
+    body = response.text
     try:
         detail = json.loads(body).get("detail", body)
     except (json.JSONDecodeError, AttributeError):
@@ -224,28 +214,21 @@ def _error_message(error: urllib.error.HTTPError) -> str:
         detail = "; ".join(
             f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg', item)}" if isinstance(item, dict)
             else str(item) for item in detail)
-    return str(detail or error.reason or f"HTTP {error.code}")
+    return str(detail or response.reason or f"HTTP {response.status_code}")
+
+
+def _reason(error: requests.RequestException) -> str:
+    """The innermost cause ("Connection refused", "timed out"), not the whole urllib3 retry story."""
+    if isinstance(error, requests.Timeout):
+        return "no answer in time (timed out)"
+    text = str(error)
+    match = re.search(r"\[Errno -?\d+\] ([^')\]]+)", text)
+    return match.group(1) if match else text
 
 
 def _filename(disposition: str) -> str | None:
     match = re.search(r"filename\*?=(?:UTF-8'')?\"?([^\";]+)\"?", disposition or "")
     return urllib.parse.unquote(match.group(1)) if match else None
-
-
-def encode_multipart(fields: dict, files: dict) -> tuple[bytes, str]:
-    """multipart/form-data body: `fields` name -> text, `files` name -> (file name, bytes)."""
-    boundary = "----MedAnomaly" + uuid.uuid4().hex
-    chunks = []
-    for name, value in fields.items():
-        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode())
-        chunks.append(str(value).encode() + b"\r\n")
-    for name, (filename, content) in files.items():
-        kind = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-        chunks.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-                      f"Content-Type: {kind}\r\n\r\n".encode())
-        chunks.append(content + b"\r\n")
-    chunks.append(f"--{boundary}--\r\n".encode())
-    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
 
 
 def parse_multipart(payload: bytes, content_type: str) -> dict:

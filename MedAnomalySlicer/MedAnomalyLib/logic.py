@@ -102,7 +102,9 @@ class AnomalyWorkflow:
     # --- job plumbing -------------------------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        return self.job is not None and not self.job.done
+        """A job runs, or has ended without `poll()` having delivered its outcome yet (a second job started then
+        would drop that outcome)."""
+        return self.job is not None
 
     def _start(self, name: str, work, on_done) -> Job:
         if self.busy:

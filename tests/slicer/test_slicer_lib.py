@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import SimpleITK as sitk
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MedAnomalySlicer"))
@@ -19,7 +20,7 @@ from MedAnomalyLib import (AnomalyWorkflow, Job, JobCancelled, MedAnomalyError, 
                            Volume, VolumeFormatError, colour_lut, display_window, make_image_id,
                            parse_slicer_colour_table, read_volume, slicer_colour_table_text, threshold_mask,
                            write_volume)
-from MedAnomalyLib.client import encode_multipart, parse_multipart  # noqa: E402
+from MedAnomalyLib.client import parse_multipart  # noqa: E402
 from MedAnomalyLib.heatmap import blend_overlay  # noqa: E402
 
 
@@ -90,17 +91,28 @@ def test_itk_written_2d_nrrd_reads_as_one_slice(kermany_films, tmp_path):
 
 
 def test_bad_volume_files_raise_typed_errors(kermany_films, tmp_path):
-    with pytest.raises(VolumeFormatError, match="not an NRRD"):
+    with pytest.raises(VolumeFormatError, match="cannot read x.nrrd"):
         read_volume(_write(tmp_path / "x.nrrd", kermany_films["NORMAL"][0].read_bytes()))
     header = b"NRRD0004\ntype: float\ndimension: 3\nsizes: 4 4 4\nencoding: raw\n\n"
-    with pytest.raises(VolumeFormatError, match="truncated"):
+    with pytest.raises(VolumeFormatError, match="cannot read short.nrrd"):
         read_volume(_write(tmp_path / "short.nrrd", header + b"\0" * 10))
-    with pytest.raises(VolumeFormatError, match="encoding"):
-        read_volume(_write(tmp_path / "bz.nrrd", header.replace(b"raw", b"bzip2") + b"\0" * 256))
+    with pytest.raises(VolumeFormatError, match="cannot read notes.nrrd"):
+        read_volume(_write(tmp_path / "notes.nrrd", b"a text file, not an image\n"))
+    with pytest.raises(VolumeFormatError, match="cannot write label.unknown"):
+        write_volume(Volume(np.zeros((1, 4, 4), dtype=np.uint8), np.eye(4)), tmp_path / "label.unknown")
+    assert not list(tmp_path.glob("*label*"))  # no partial file left behind
     with pytest.raises(VolumeFormatError):
         Volume(np.zeros((2, 2, 2, 2)), np.eye(4))
     with pytest.raises(VolumeFormatError, match="does not match"):
         Volume(np.zeros((1, 4, 4)), np.eye(4)).with_array(np.zeros((1, 4, 5)))
+
+
+def test_colour_film_file_reads_as_one_grey_slice(kermany_films):
+    path = kermany_films["NORMAL"][2]  # Kermany JPEGs are RGB
+    rgb = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    volume = read_volume(path)
+    assert volume.shape == (1,) + rgb.shape[:2]
+    np.testing.assert_allclose(volume.array[0], rgb.astype(np.float32).mean(axis=-1))
 
 
 def _write(path: Path, payload: bytes) -> Path:
@@ -221,8 +233,9 @@ def test_parameters_survive_json_and_ignore_broken_settings():
 # --- client pieces that need no server ----------------------------------------------------------------------------
 def test_multipart_round_trip_and_image_ids(kermany_films):
     payload = kermany_films["NORMAL"][0].read_bytes()
-    body, content_type = encode_multipart({"params": '{"a": 1}'}, {"file": ("x.jpeg", payload)})
-    parts = parse_multipart(body, content_type)
+    request = requests.Request("PUT", "http://127.0.0.1/x", data={"params": '{"a": 1}'},
+                               files={"file": ("x.jpeg", payload)}).prepare()
+    parts = parse_multipart(request.body, request.headers["Content-Type"])
     assert parts["params"] == (None, b'{"a": 1}')
     assert parts["file"] == ("x.jpeg", payload)
     image_id = make_image_id("Chest film / 2 (copy)")

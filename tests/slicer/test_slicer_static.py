@@ -63,10 +63,19 @@ def test_module_file_compiles_and_has_the_scripted_module_classes(tmp_path):
 def test_library_imports_without_slicer_or_qt():
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import MedAnomalyLib, MedAnomalyLib.logic; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('slicer', 'qt', 'ctk', 'vtk', 'PyQt5', 'PySide2', 'monailabel', 'requests')); "
+            "('slicer', 'qt', 'ctk', 'vtk', 'PyQt5', 'PySide2', 'monailabel', 'medanomaly')); "
             "print(bad); sys.exit(1 if bad else 0)")
     answer = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR)], capture_output=True, text=True, timeout=60)
     assert answer.returncode == 0, answer.stdout + answer.stderr
+
+
+def test_scene_logic_imports_only_mrml_and_the_library():
+    tree = ast.parse((MODULE_DIR / "MedAnomalyLib" / "scene.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.level == 0}
+    assert imported == {"__future__", "numpy", "slicer", "vtk"}, imported  # plus relative imports of the library
 
 
 def run_cmake_check(source_dir: Path) -> subprocess.CompletedProcess:

@@ -1,0 +1,27 @@
+"""Import slicer-core's `slicer` package before any test of this folder does.
+
+`slicer` is a namespace-style package: on import it extends its path with every `slicer/` folder found on sys.path
+and imports all their modules. pytest puts `tests/` on sys.path (for tests/conftest.py), which would make this very
+folder part of `slicer`. Importing it once with `tests/` left out keeps the package to what slicer-core installed.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+
+
+def _import_slicer_core() -> None:
+    saved = list(sys.path)
+    sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != TESTS_DIR]
+    try:
+        import slicer  # noqa: F401
+        import slicer.util  # noqa: F401
+    except ImportError:
+        pass  # slicer-core not installed: the tests that need it say so
+    finally:
+        sys.path[:] = saved
+
+
+_import_slicer_core()
