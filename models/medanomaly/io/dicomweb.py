@@ -72,7 +72,9 @@ def read_series(ref: SeriesRef, url: str | None = None, client=None) -> MedicalI
     """Fetch one series (instances streamed to a temporary folder as they arrive) and read it."""
     client = client or connect(url)
     with tempfile.TemporaryDirectory(prefix="medanomaly-series-") as folder:
-        for index, dataset in enumerate(client.iter_series(ref.study, ref.series)):
+        # Ask for the stored transfer syntax: a PACS cannot always transcode (Orthanc: not JPEG 2000), our reader can.
+        instances = client.iter_series(ref.study, ref.series, media_types=(("application/dicom", "*"),))
+        for index, dataset in enumerate(instances):
             dataset.save_as(Path(folder) / f"{index:05d}.dcm", write_like_original=False)
         image = read_dicom_folder(Path(folder))
     image.meta["source"] = f"dicomweb series {ref.series}"
