@@ -43,8 +43,9 @@ def _cmd_manifests(args) -> int:
 
 def _cmd_train(args) -> int:
     from . import create, load
+    from .config_validation import validate_training_settings
 
-    config = parse_config(args.config)
+    config = validate_training_settings(args.model, parse_config(args.config))
     if args.epochs is not None:
         config["epochs"] = args.epochs
     elif args.minutes is not None:
