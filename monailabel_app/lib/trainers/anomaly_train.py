@@ -31,11 +31,12 @@ from medanomaly.errors import ManifestError
 from ..configs import AnomalyModelConfig
 from ..configs.anomaly import read_json, write_json_atomic
 from ..inputs import load_image
+from .multi_gpu import GPU_REQUEST_KEYS, processes_for, train_with_torchrun
 
 logger = logging.getLogger(__name__)
 
 # Keys MONAI Label adds to a train request; everything else is model config (or `minutes`).
-REQUEST_KEYS = {"model", "gpus", "local_rank", "bundle_path", "client_id", "enqueue", "run_sync"}
+REQUEST_KEYS = {"model", "local_rank", "bundle_path", "client_id", "enqueue", "run_sync"} | GPU_REQUEST_KEYS
 HOLD_OUT_EVERY = 5  # with abnormal images present, every 5th normal is kept for calibration
 
 
@@ -93,7 +94,7 @@ class AnomalyTrainTask(TrainTask):
 
     def config(self):
         described = self.model_config.cls.describe()["default_config"]
-        return {"epochs": described.get("epochs"), "minutes": None, **self.defaults}
+        return {"epochs": described.get("epochs"), "minutes": None, "multi_gpu": True, "gpus": "all", **self.defaults}
 
     def stats(self):
         return read_json(self.model_config.folder / "train_stats.json")
@@ -130,9 +131,15 @@ class AnomalyTrainTask(TrainTask):
             write_json_atomic(stats_path, {**base_stats, "epoch": record["epoch"], "loss": record["loss"],
                                            "total_time": time.time() - started})
 
+        processes = processes_for(request)
         try:
-            history = model.fit(train, val, checkpoint=checkpoint, minutes=minutes, progress=False,
-                                on_epoch_end=on_epoch_end, **settings)
+            if processes > 1:  # one process per GPU: the command line's DDP path under torchrun
+                train_with_torchrun(name, processes, train, val, datastore, checkpoint, settings, minutes)
+                model = medanomaly.load(checkpoint)
+                history = model.train_state["history"]
+            else:
+                history = model.fit(train, val, checkpoint=checkpoint, minutes=minutes, progress=False,
+                                    on_epoch_end=on_epoch_end, **settings)
         except Exception as error:
             write_json_atomic(stats_path, {**base_stats, "status": "ERROR", "error": str(error)})
             raise
