@@ -14,7 +14,8 @@ scored gets a row with its `error` and no score, and the run goes on. `--maps` a
 Resume and kill safety: every process appends its rows, one flushed line per image, to `<out>/.parts/rank-N.csv`.
 At start and at the end, rank 0 folds the parts into `scores.csv` (written to a temporary file and renamed, so a
 reader never sees half of it). A killed run therefore keeps every row it finished (a line torn by the kill is
-dropped), and the next run skips the images that already have a row from the same model version.
+dropped), and the next run skips the images that already have a row from the same model version. One run
+(of one or several processes) per output folder at a time.
 
 Several processes: under `torchrun` (WORLD_SIZE > 1) every rank takes every WORLD_SIZE-th pending image and
 scores it on its own GPU (cuda:LOCAL_RANK) when there are GPUs. The ranks only exchange the listing and wait for
@@ -341,8 +342,8 @@ def score_archive(checkpoint, source, out, *, maps: bool = False, workers: int =
     out = Path(out)
     ranks = Ranks()
     try:
-        if device is None and torch.cuda.is_available() and ranks.size > 1:
-            device = f"cuda:{ranks.local_rank}"
+        if device is None and torch.cuda.is_available() and ranks.size > 1:  # several ranks may share a GPU
+            device = f"cuda:{ranks.local_rank % torch.cuda.device_count()}"
         model = load(checkpoint, **({"device": device} if device else {}))
         version = model.model_version
         started = time.perf_counter()
