@@ -23,10 +23,11 @@ from monailabel.interfaces.utils.app import app_instance
 
 from medanomaly.errors import MedAnomalyError, UnsupportedImageError
 from .inputs import bad_request, check_image_id, check_label_tag, load_image, parse_params_json
+from .trainers.multi_gpu import GPU_REQUEST_KEYS, check_gpu_request
 
 logger = logging.getLogger(__name__)
 KNOWN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".dcm", ".png", ".jpg", ".jpeg")
-TRAIN_REQUEST_KEYS = {"minutes", "client_id"}
+TRAIN_REQUEST_KEYS = {"minutes", "client_id"} | GPU_REQUEST_KEYS
 
 
 def upload_suffix(filename: str | None) -> str:
@@ -207,6 +208,10 @@ def build_router(app) -> APIRouter:
         unknown = sorted(set(params) - known)
         if unknown:
             raise bad_request(f"unknown training settings {unknown} for {model}; known: {sorted(known)}")
+        try:
+            params = {**params, **check_gpu_request(params)}  # MONAI Label's multi_gpu and gpus vs the GPUs here
+        except ValueError as error:
+            raise bad_request(str(error)) from None
         return run_model(model, params, run_sync, enqueue)
 
     @router.post("/activelearning/{strategy}", summary="Next image to label")
