@@ -2,8 +2,9 @@
 
 1. Overhead: end-to-end POST /infer latency (MONAILabelClient, datastore image id: read, predict, labelmap and
    heatmap written, multipart answer received) divided by the direct `medanomaly.load(ckpt).predict(path)`
-   latency for the same film and model (reading included on both sides). Medians of --repeats runs, for a small
-   film (224^2 JPEG) and a full-size CR film (1955 x 1841 DICOM). Goal: <= 1.15.
+   latency for the same film and model (reading included on both sides). The two alternate, one call each in
+   turn, so that the load of a shared machine weighs on both alike; medians of --repeats pairs, for a small film
+   (224^2 JPEG) and a full-size CR film (1955 x 1841 DICOM). Goal: <= 1.15.
 2. Load: --clients concurrent MONAILabelClients x --requests inferences each; errors, p50 and p95 latency.
 
     .venv/bin/python benchmarks/bench_server.py [--clients 8] [--requests 25] [--repeats 15] [--model ae]
@@ -19,26 +20,29 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "helpers"))
+sys.path.insert(0, str(REPO))  # monailabel_app.server_process: the launcher the tests use too
 
 import medanomaly  # noqa: E402
 import numpy as np  # noqa: E402
 from monailabel.client import MONAILabelClient  # noqa: E402
-from monailabel_server import fill_studies, publish_quick_model, running_server  # noqa: E402
+from monailabel_app.server_process import fill_studies, publish_quick_model, running_server  # noqa: E402
 
 SAMPLE = REPO / "sample_data" / "chest"
 FILMS = {"small film 224x224 JPEG": "kermany-normal-IM-0115-0001",
          "CR film 1955x1841 DICOM": "pydicom-RG1_J2KI"}
 
 
-def median_seconds(run, repeats: int) -> float:
-    run()  # warm-up (first load, caches)
-    times = []
+def median_seconds_alternating(runs, repeats: int) -> list[float]:
+    """Median wall time of each callable, calling them in turn `repeats` times (after one warm-up call each)."""
+    times = [[] for _ in runs]
+    for run in runs:
+        run()  # warm-up (first load, caches)
     for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for index, run in enumerate(runs):
+            started = time.perf_counter()
+            run()
+            times[index].append(time.perf_counter() - started)
+    return [statistics.median(values) for values in times]
 
 
 def percentile(values, q: float) -> float:
@@ -61,7 +65,7 @@ def main(argv=None) -> int:
     checkpoint = root / "models" / args.model / "model.pt"
     print(f"model {version} (1 epoch on 8 Kermany normals); server on loopback, CPU, 1 torch thread on both sides")
 
-    # the same threading on both sides: the test server runs with OMP_NUM_THREADS=1 (monailabel_server.SERVER_ENV)
+    # the same threading on both sides: the test server runs with OMP_NUM_THREADS=1 (server_process.SERVER_ENV)
     import torch
 
     torch.set_num_threads(1)
@@ -72,8 +76,8 @@ def main(argv=None) -> int:
         print("\n== overhead: end-to-end /infer over direct predict (medians) ==")
         for label, image_id in FILMS.items():
             path = next(studies.glob(f"{image_id}.*"))
-            direct = median_seconds(lambda: direct_model.predict(str(path)), args.repeats)
-            served = median_seconds(lambda: client.infer(args.model, image_id, {}), args.repeats)
+            direct, served = median_seconds_alternating(
+                [lambda: direct_model.predict(str(path)), lambda: client.infer(args.model, image_id, {})], args.repeats)
             print(f"{label:28s} direct {direct * 1000:8.1f} ms   server {served * 1000:8.1f} ms   "
                   f"overhead x{served / direct:.3f}  (goal <= 1.15)")
 

@@ -70,7 +70,7 @@ def train_with_limit(app, name: str, epochs: int, minutes: float, seconds: float
         child.kill()
         child.join()
         return False, f"did not finish within {seconds:.0f} s on this machine"
-    if child.exitcode == 0 and app.model_configs[name].is_trained():
+    if child.exitcode == 0 and app.models[name].is_trained():
         return True, ""
     return False, errors.get() if not errors.empty() else f"exit code {child.exitcode}"
 
@@ -96,14 +96,14 @@ def main(argv=None) -> int:
     mark_sample_findings(app.datastore())
     if args.fill_only:
         return 0
-    names = list(app.model_configs)
+    names = list(app.models)
     if "ae" in names:  # the baseline first: it must exist even when the budget runs out
         names.remove("ae")
         names.insert(0, "ae")
     deadline = time.monotonic() + args.minutes * 60
     trained, skipped = [], []
     for index, name in enumerate(names):
-        config = app.model_configs[name]
+        config = app.models[name]
         if config.is_trained() and not args.force:
             print(f"{name}: already trained ({config.record().get('model_version')})")
             trained.append(name)

@@ -1,6 +1,6 @@
 """Start the real MedAnomaly MONAI Label server as a subprocess on a free loopback port, for tests and benchmarks.
 
-    from monailabel_server import running_server
+    from monailabel_app.server_process import running_server   # the repository root on sys.path
     with running_server(studies_dir, conf={"model_dir": str(tmp / "models")}) as url:
         MONAILabelClient(url).info()
 
@@ -23,8 +23,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-APP_DIR = REPO / "monailabel_app"
+APP_DIR = Path(__file__).resolve().parent
+REPO = APP_DIR.parent
 
 # Settings that keep a test server quiet and self-contained: no scoring callbacks to port 8000 after training,
 # no file watcher, no sessions folder in the home directory.

@@ -121,21 +121,41 @@ def load_image(path: str | Path) -> MedicalImage:
 
 
 def _read_dicom_folder(folder: Path) -> MedicalImage:
+    """A DICOMweb series folder: every file is read and checked by `medanomaly.io` (a truncated, colour or non-image
+    instance refuses the series), then the slices are stacked along the slice normal."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     if not files:
         raise UnsupportedImageError(f"DICOM series folder {folder.name} is empty")
-    if len(files) == 1:
-        return read_image(files[0])
-    import SimpleITK as sitk
+    slices = [read_image(file) for file in files]
+    if len(slices) == 1:
+        return slices[0]
+    series = {image.meta.get("series_instance_uid") for image in slices}
+    shapes = {image.array.shape[-2:] for image in slices}
+    if len(series) > 1 or len(shapes) > 1:
+        raise UnsupportedImageError(f"DICOM folder {folder.name} mixes {len(series)} series and slice shapes "
+                                    f"{sorted(shapes)}: one series of equal slices is needed")
+    first = slices[0]
+    if len(first.origin) != 3:  # no patient position: keep the file order, 1 mm apart
+        array = np.stack([image.array.reshape(image.array.shape[-2:]) for image in slices])
+        return MedicalImage(array, meta={**first.meta, "number_of_files": len(files)})
+    normal = np.asarray(first.direction, dtype=float).reshape(3, 3)[:, 2]
+    slices.sort(key=lambda image: float(np.dot(image.origin, normal)))
+    steps = np.diff([float(np.dot(image.origin, normal)) for image in slices])
+    step = float(np.median(steps)) if len(steps) else 1.0
+    if step <= 0:
+        raise UnsupportedImageError(f"DICOM series {folder.name} has two slices at the same position")
+    array = np.stack([image.array.reshape(image.array.shape[-2:]) for image in slices])
+    spacing = (*slices[0].spacing[:2], step)
+    return MedicalImage(array, spacing=spacing, origin=slices[0].origin, direction=slices[0].direction,
+                        meta={**slices[0].meta, "number_of_files": len(files)})
 
-    reader = sitk.ImageSeriesReader()
-    names = reader.GetGDCMSeriesFileNames(str(folder))
-    if not names:
-        raise UnsupportedImageError(f"no readable DICOM series in {folder.name}")
-    reader.SetFileNames(names)
-    first = read_image(names[0])  # for the modality, body part and the checks of the reader
-    volume = reader.Execute()
-    return MedicalImage.from_sitk(volume, meta={**first.meta, "number_of_files": len(names)})
+
+def check_image_size(image: MedicalImage, smallest: int, model: str) -> None:
+    """A film or slice with a side under the model's smallest size is refused (422) with the reason."""
+    height, width = image.array.shape[-2:]
+    if min(height, width) < smallest:
+        raise unprocessable(f"image of {width} x {height} pixels is too small for model {model}: each side must be at "
+                            f"least {smallest} pixels")
 
 
 def modality_check(image: MedicalImage, modalities, body_parts, mode: str) -> dict:
@@ -162,10 +182,3 @@ def modality_check(image: MedicalImage, modalities, body_parts, mode: str) -> di
     else:
         report["message"] = "the image carries no DICOM modality; not screened"
     return report
-
-
-def squeeze_channels(array: np.ndarray) -> np.ndarray:
-    """Labelmaps and maps are written without a channel axis (MONAI Label writers need the image's own rank)."""
-    while array.ndim > 3 and array.shape[0] == 1:
-        array = array[0]
-    return array

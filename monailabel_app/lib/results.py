@@ -1,9 +1,10 @@
 """Float maps of recent inferences, kept on the server so that a client can fetch the heatmap (and extras such as
 the aleatoric uncertainty) after the labelmap: GET /medanomaly/maps/{result_id}/{name}.nrrd.
 
-An inference stores each map as raw float32 (.npy) with the image's geometry, which costs a few milliseconds;
-the compressed NRRD (hundreds of milliseconds for a full-size film) is made on the first request for it, so only
-clients that show the heatmap pay for it. Kept in a folder outside the datastore, pruned to the latest `keep`
+An inference hands its maps to one writer thread, which stores each as raw float32 (.npy) with the image's
+geometry after the answer has gone out; a request for a map not written yet waits for it. The compressed NRRD
+(hundreds of milliseconds for a full-size film) is made on the first request for it, so only clients that show
+the heatmap pay for it. Kept in a folder outside the datastore, pruned to the latest `keep`
 results and at most `ttl_minutes` old."""
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import shutil
 import threading
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,34 +35,49 @@ class ResultStore:
         self.ttl = ttl_minutes * 60.0
         self._lock = threading.Lock()
         self._saved = 0
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maps")
+        self._pending: dict[str, Future] = {}
 
     def save(self, image: MedicalImage, maps: dict[str, np.ndarray]) -> tuple[str, dict[str, str]]:
-        """Keep each float map of one result; returns the result id and {name: relative URL of its NRRD}."""
+        """Keep each float map of one result (written by the writer thread); returns the result id and
+        {name: relative URL of its NRRD}."""
         result_id = uuid.uuid4().hex
+        maps = {name: array for name, array in maps.items() if MAP_NAME.match(name)}
+        geometry = {"spacing": image.spacing, "origin": image.origin, "direction": image.direction}
+        with self._lock:
+            self._pending[result_id] = self._writer.submit(self._write, result_id, geometry, maps)
+        return result_id, {name: f"/medanomaly/maps/{result_id}/{name}.nrrd" for name in maps}
+
+    def _write(self, result_id: str, geometry: dict, maps: dict[str, np.ndarray]) -> None:
         staging = self.folder / f".{result_id}.partial"
         staging.mkdir()
-        urls = {}
         try:
-            geometry = {"spacing": image.spacing, "origin": image.origin, "direction": image.direction}
             (staging / GEOMETRY).write_text(json.dumps(geometry))
             for name, array in maps.items():
-                if not MAP_NAME.match(name):
-                    continue
                 np.save(staging / f"{name}.npy", np.asarray(array, dtype=np.float32))
-                urls[name] = f"/medanomaly/maps/{result_id}/{name}.nrrd"
             staging.rename(self.folder / result_id)  # a result appears whole or not at all
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            with self._lock:
+                self._pending.pop(result_id, None)
         self._saved += 1
         if self._saved % PRUNE_EVERY == 1:
             self.prune()
-        return result_id, urls
+
+    def _written(self, result_id: str) -> None:
+        """Wait until the writer thread has stored this result (a failed write shows as a missing result)."""
+        with self._lock:
+            pending = self._pending.get(result_id)
+        if pending is not None:
+            pending.exception()
 
     def path(self, result_id: str, name: str) -> Path | None:
         """The map as NRRD on the source image's grid (written on first request), or None if there is none."""
         if not RESULT_ID.match(result_id) or not MAP_NAME.match(name):
             return None
+        self._written(result_id)
         folder = self.folder / result_id
         nrrd, raw = folder / f"{name}.nrrd", folder / f"{name}.npy"
         with self._lock:
@@ -73,6 +90,8 @@ class ResultStore:
         return nrrd
 
     def names(self, result_id: str) -> list[str] | None:
+        if RESULT_ID.match(result_id):
+            self._written(result_id)
         if not RESULT_ID.match(result_id) or not (self.folder / result_id).is_dir():
             return None
         return sorted(p.stem for p in (self.folder / result_id).glob("*.npy"))

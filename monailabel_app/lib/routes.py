@@ -4,30 +4,58 @@ MONAI Label's endpoints trust their input: an unknown model or a bad `params` JS
 such as `../../etc/passwd` reaches the file system, and any readable path on the server is taken as an image.
 These routes are placed ahead of MONAI Label's at start (same paths, same request and response formats, so
 MONAILabelClient works unchanged); they validate, answer refusals with a 4xx and a clear message, then hand over
-to MONAI Label's own functions. They also add the float-map route /medanomaly/maps/."""
+to MONAI Label's own functions. They also add the float-map route /medanomaly/maps/.
+
+Ids are checked in one place for every route, MONAI Label's included: `IdCheck` refuses a query parameter
+`image`, `id` or `label` that is not a plain name, and a `tag` that is not a plain tag, before any route runs."""
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Optional
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, BackgroundTasks, File, Form, HTTPException, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from monailabel.datastore.local import LocalDatastore
 from monailabel.endpoints.infer import ResultType, send_response
 from monailabel.interfaces.exception import MONAILabelException
+from monailabel.interfaces.tasks.batch_infer import BatchInferImageType
 from monailabel.interfaces.utils.app import app_instance
 
+from medanomaly.config_validation import ConfigError, validate_training_settings
 from medanomaly.errors import MedAnomalyError, UnsupportedImageError
-from .inputs import bad_request, check_image_id, check_label_tag, load_image, parse_params_json
+from .inputs import bad_request, check_image_id, check_image_size, check_label_tag, load_image, parse_params_json
 from .trainers.multi_gpu import GPU_REQUEST_KEYS, check_gpu_request
 
 logger = logging.getLogger(__name__)
 KNOWN_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".dcm", ".png", ".jpg", ".jpeg")
-TRAIN_REQUEST_KEYS = {"minutes", "client_id"} | GPU_REQUEST_KEYS
+TRAIN_REQUEST_KEYS = {"client_id"}  # MONAI Label clients send it; not a training setting
+ID_PARAMETERS = {"image": check_image_id, "id": check_image_id, "label": check_image_id, "tag": check_label_tag}
+
+
+class IdCheck:
+    """ASGI wrapper around the whole app: every route that takes an image or label id (or a label tag) as a query
+    parameter gets it checked here, once, before the route runs."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("query_string"):
+            query = parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+            for key, value in query:
+                check = ID_PARAMETERS.get(key)
+                if check is None or (key == "image" and value == "") or (key == "tag" and value == ""):
+                    continue
+                try:
+                    check(value)
+                except HTTPException as error:
+                    await JSONResponse({"detail": error.detail}, status_code=error.status_code)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def upload_suffix(filename: str | None) -> str:
@@ -53,11 +81,6 @@ def save_upload(upload: UploadFile, folder: Path, max_bytes: int) -> Path:
     return Path(path)
 
 
-def checked_image(path: Path):
-    """The image an upload holds, or a 422 saying why it cannot be used."""
-    return load_image(path)
-
-
 def as_http_error(error: Exception) -> HTTPException:
     if isinstance(error, HTTPException):
         return error
@@ -79,12 +102,12 @@ def build_router(app) -> APIRouter:
         return app_instance().datastore()
 
     def require_model(model: str):
-        if model not in app.model_configs:
-            raise HTTPException(status_code=404, detail=f"unknown model {model!r}; models: {sorted(app.model_configs)}")
-        return app.model_configs[model]
+        if model not in app.models:
+            raise HTTPException(status_code=404, detail=f"unknown model {model!r}; models: {sorted(app.models)}")
+        return app.models[model]
 
     def require_image(image_id: str) -> None:
-        check_image_id(image_id)
+        """The id's form was checked by IdCheck; here: is it in the datastore."""
         store = datastore()
         if isinstance(store, LocalDatastore) and image_id not in store.list_images():
             raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
@@ -109,8 +132,15 @@ def build_router(app) -> APIRouter:
                 source = image
             else:
                 raise bad_request("send image=<datastore id> or a file to score")
-            request = {**request_params, "model": model, "image": source}
-            result = app.infer(request)
+            # straight to the model's task (MONAI Label's app.infer would take any existing path as the image):
+            # the id was checked and the upload is ours
+            request = {**request_params, "model": model,
+                       "image": source if uploaded else datastore().get_image_uri(image)}
+            label_file, body = app._infers[model](request)
+            if request_params.get("save_label") is True and not uploaded:  # kept as a datastore label, as MONAI Label does
+                datastore().save_label(image, label_file, str(request_params.get("label_tag") or "original"),
+                                       {"model": model, "params": body})
+            result = {"label": label_file, "tag": "original", "file": label_file, "params": body}
             return send_response(datastore(), result, output, background_tasks)
         except Exception as error:
             raise as_http_error(error) from None
@@ -127,7 +157,8 @@ def build_router(app) -> APIRouter:
         check_image_id(image_id)
         uploaded = save_upload(file, app.upload_dir, app.max_upload_bytes)
         try:
-            checked_image(uploaded)
+            check_image_size(load_image(uploaded), min(config.metadata.min_image_size for config in app.models.values()),
+                             "any served")
             return {"image": datastore().add_image(image_id, str(uploaded), save_params)}
         except Exception as error:
             raise as_http_error(error) from None
@@ -155,6 +186,7 @@ def build_router(app) -> APIRouter:
             raise as_http_error(error) from None
 
     @router.delete("/datastore/image", summary="Remove an image and its labels")
+    @router.delete("/datastore/", include_in_schema=False)
     def delete_image(id: str):
         require_image(id)
         try:
@@ -166,7 +198,6 @@ def build_router(app) -> APIRouter:
     @router.delete("/datastore/label", summary="Remove a label")
     def delete_label(id: str, tag: str):
         require_image(id)
-        check_label_tag(tag)
         if tag not in (datastore().get_labels_by_image_id(id) or {}):
             raise HTTPException(status_code=404, detail=f"image {id!r} has no {tag!r} label")
         try:
@@ -178,11 +209,10 @@ def build_router(app) -> APIRouter:
     @router.put("/datastore/label", summary="Save a label (checked against its image's grid)")
     def put_label(image: str, params: str = Form("{}"), tag: str = "final", label: UploadFile = File(...)):
         require_image(image)
-        check_label_tag(tag or "final")
         save_params = parse_params_json(params)
         uploaded = save_upload(label, app.upload_dir, app.max_upload_bytes)
         try:
-            mask = checked_image(uploaded)
+            mask = load_image(uploaded)
             uri = datastore().get_image_uri(image)
             if uri and Path(uri).is_file():
                 target = load_image(uri)
@@ -197,22 +227,35 @@ def build_router(app) -> APIRouter:
         finally:
             uploaded.unlink(missing_ok=True)
 
-    @router.post("/train/{model}", summary="Train one model on the datastore")
+    def checked_settings(config, params) -> dict:
+        """The training settings, validated against the model's config types and ranges (400 naming the key)."""
+        settings = {key: value for key, value in (params or {}).items()
+                    if key not in TRAIN_REQUEST_KEYS | GPU_REQUEST_KEYS}
+        try:
+            gpus = check_gpu_request(params or {})  # MONAI Label's multi_gpu / gpus, against this machine's GPUs
+        except ValueError as error:
+            raise bad_request(str(error)) from None
+        try:
+            return {**(params or {}), **gpus, **validate_training_settings(config.cls, settings)}
+        except ConfigError as error:
+            raise bad_request(str(error)) from None
+
+    @router.post("/train/{model}", summary="Train one model on the datastore (settings checked before submission)")
     def train(model: str, params: Optional[dict] = None, run_sync: Optional[bool] = False,
               enqueue: Optional[bool] = False):
         from monailabel.endpoints.train import run_model
 
-        config = require_model(model)
-        params = params or {}
-        known = set(config.cls.describe()["default_config"]) | TRAIN_REQUEST_KEYS
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise bad_request(f"unknown training settings {unknown} for {model}; known: {sorted(known)}")
-        try:
-            params = {**params, **check_gpu_request(params)}  # MONAI Label's multi_gpu and gpus vs the GPUs here
-        except ValueError as error:
-            raise bad_request(str(error)) from None
+        params = checked_settings(require_model(model), params)
         return run_model(model, params, run_sync, enqueue)
+
+    @router.post("/train/", include_in_schema=False)
+    def train_all(params: Optional[dict] = None, run_sync: Optional[bool] = False, enqueue: Optional[bool] = False):
+        """MONAI Label's legacy "train every model": the settings must suit each served model."""
+        from monailabel.endpoints.train import run_model
+
+        for config in app.models.values():
+            checked_settings(config, params)
+        return run_model(None, params or {}, run_sync, enqueue)
 
     @router.post("/activelearning/{strategy}", summary="Next image to label")
     def next_sample(strategy: str, params: Optional[dict] = None):
@@ -241,6 +284,56 @@ def build_router(app) -> APIRouter:
         except Exception as error:
             raise as_http_error(error) from None
 
+    # ----- MONAI Label routes whose own handlers answer 500 to ordinary requests -----
+    @router.post("/infer/wsi/{model}", include_in_schema=False)
+    @router.post("/infer/wsi_v2/{model}", summary="Whole-slide inference: not served (films and volumes only)")
+    def wsi_infer(model: str):
+        raise HTTPException(status_code=404, detail="whole-slide (WSI) inference is not served by MedAnomaly: "
+                                                    f"POST /infer/{model} scores films and volumes")
+
+    @router.post("/batch/infer/{model}", summary="Score every datastore image with one model (labels kept as 'original')")
+    def batch_infer(model: str, images: Optional[BatchInferImageType] = BatchInferImageType.IMAGES_ALL,
+                    params: Optional[dict] = None, run_sync: Optional[bool] = False):
+        from monailabel.endpoints.batch_infer import run as monai_label_batch_infer
+
+        require_model(model)
+        # MONAI Label's defaults ask for CUDA and several GPUs; this server runs wherever it is started
+        params = {"save_label": True, "label_tag": "original", "max_workers": 1, "max_batch_size": 0,
+                  **(params or {}), "multi_gpu": False}
+        try:
+            return monai_label_batch_infer(model, images, params, run_sync)
+        except Exception as error:
+            raise as_http_error(error) from None
+
+    @router.put("/model/{model}", summary="Upload a checkpoint: not accepted (checkpoints are published by training)")
+    def put_model(model: str):
+        require_model(model)
+        raise HTTPException(status_code=405, detail=f"checkpoints are published by training only: POST /train/{model}")
+
+    @router.get("/datastore/dataset", summary="Download the labelled dataset as a ZIP archive")
+    def download_dataset(limit_cases: Optional[int] = None):
+        from monailabel.endpoints.datastore import download_dataset as monai_label_download
+
+        if limit_cases is not None and limit_cases < 1:
+            raise bad_request(f"limit_cases must be at least 1, got {limit_cases}")
+        try:
+            return monai_label_download(limit_cases)
+        except AssertionError as error:  # MONAI Label's way of saying "nothing to archive"
+            raise HTTPException(status_code=404, detail=f"no dataset archive: {error}") from None
+
+    @router.get("/logs/gpu", summary="GPU information (nvidia-smi)")
+    def gpu_info():
+        import shutil
+        import subprocess
+
+        from fastapi.responses import PlainTextResponse
+
+        if shutil.which("nvidia-smi") is None:
+            raise HTTPException(status_code=404, detail="no NVIDIA GPU information on this server: nvidia-smi is "
+                                                        "not installed")
+        completed = subprocess.run(["nvidia-smi"], capture_output=True, timeout=30)
+        return PlainTextResponse(completed.stdout.decode("utf-8", errors="replace"))
+
     @router.get("/medanomaly/maps/{result_id}", summary="Names of the float maps of an infer result")
     def map_names(result_id: str):
         names = app.results.names(result_id)
@@ -267,16 +360,19 @@ def build_router(app) -> APIRouter:
 
     @router.get("/medanomaly/models", summary="Every served model with its state")
     def models():
-        return {name: config.describe() for name, config in app.model_configs.items()}
+        return {name: config.describe() for name, config in app.models.items()}
 
     return router
 
 
 def install_routes(fastapi_app, router: APIRouter) -> None:
-    """Put the router's routes ahead of MONAI Label's (the first matching route answers)."""
+    """Put the router's routes ahead of MONAI Label's (the first matching route answers), and IdCheck in front of
+    every route. (The app has started: its middleware stack is built, so IdCheck wraps it.)"""
     before = len(fastapi_app.router.routes)
     fastapi_app.include_router(router)
     added = fastapi_app.router.routes[before:]
     del fastapi_app.router.routes[before:]
     fastapi_app.router.routes[0:0] = added
     fastapi_app.openapi_schema = None
+    if not isinstance(fastapi_app.middleware_stack, IdCheck):
+        fastapi_app.middleware_stack = IdCheck(fastapi_app.middleware_stack or fastapi_app.build_middleware_stack())

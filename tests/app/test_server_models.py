@@ -88,12 +88,12 @@ def test_modality_screen_flags_or_refuses(tmp_path, kermany_films, data_root, mo
 
     sys.path.insert(0, str(REPO / "monailabel_app"))
     from lib.configs import model_configs
-    from lib.infers import AnomalyInferTask
     from lib.results import ResultStore
 
     publish_quick_model(tmp_path / "models", kermany_films["NORMAL"][:4], "ae", epochs=1)
-    config = model_configs(tmp_path / "models", {"models": "ae"})["ae"]
-    task = AnomalyInferTask(config, ResultStore(tmp_path / "maps"), tmp_path / "out", mode)
+    config = model_configs(tmp_path / "models", {"models": "ae"}, results=ResultStore(tmp_path / "maps"),
+                           label_dir=tmp_path / "out", modality_mode=mode)["ae"]
+    task = config.infer()  # the TaskConfig gives its infer task, as MONAI Label's radiology app does
     request = {"model": "ae", "image": str(data_root / "dicom" / "pydicom_data" / "MR2_UNCR.dcm")}
     if mode == "refuse":
         with pytest.raises(HTTPException) as refused:

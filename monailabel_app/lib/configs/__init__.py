@@ -1,3 +1,3 @@
-from .anomaly import AnomalyModelConfig, model_configs
+from .anomaly import AnomalyTaskConfig, model_configs
 
-__all__ = ["AnomalyModelConfig", "model_configs"]
+__all__ = ["AnomalyTaskConfig", "model_configs"]

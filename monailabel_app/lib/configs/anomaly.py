@@ -1,18 +1,19 @@
-"""One generic config per registered anomaly model: where its checkpoint lives, which images it expects, and
-what the server tells clients about it. Built from `medanomaly.list_models()` at start, so a model added to the
-registry is served without any change here."""
+"""One MONAI Label `TaskConfig` per registered anomaly model: where its checkpoint lives, which images it takes,
+its infer and train tasks, and what the server tells clients about it. Built from `medanomaly.list_models()` at
+start, so a model added to the registry is served without any change here."""
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import medanomaly
+from medanomaly.atomic import atomic_destination
+from monailabel.interfaces.config import TaskConfig
 
-from .modalities import expected_for
+from .modalities import model_metadata
 
 PUBLISHED = "model.pt"  # the checkpoint the server serves
 IN_TRAINING = "training.pt"  # the checkpoint a running (or interrupted) training writes every epoch
@@ -21,16 +22,8 @@ RECORD = "version.json"  # what the last published training was: version, date, 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2, default=str)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_destination(path) as temporary:
+        temporary.write_text(json.dumps(payload, indent=2, default=str))
 
 
 def read_json(path: Path) -> dict:
@@ -40,18 +33,37 @@ def read_json(path: Path) -> dict:
         return {}
 
 
-class AnomalyModelConfig:
+class AnomalyTaskConfig(TaskConfig):
     """A registered model as the server sees it: checkpoint paths, the loaded model (reloaded when a training
-    publishes a new checkpoint), expected modalities and its description."""
+    publishes a new checkpoint), its declared metadata, and its infer and train tasks."""
 
-    def __init__(self, name: str, model_dir: Path, conf: dict):
-        self.name = name
+    def init(self, name: str, model_dir: str, conf: dict, planner=None, **kwargs):
+        """kwargs: results (ResultStore), label_dir, modality_mode and train_defaults, for the tasks."""
+        super().init(name, model_dir, conf, planner, **kwargs)
         self.cls = medanomaly.model_class(name)
         self.folder = Path(model_dir) / name
-        self.modalities, self.body_parts = expected_for(name, self.cls, conf)
+        self.metadata = model_metadata(name, self.cls, conf)
         self._lock = threading.RLock()  # one prediction at a time per model: options are set on the model
         self._loaded = None
         self._loaded_stamp = None
+
+    def infer(self):
+        from ..infers import AnomalyInferTask
+
+        return AnomalyInferTask(self, self.kwargs["results"], self.kwargs["label_dir"], self.kwargs["modality_mode"])
+
+    def trainer(self):
+        from ..trainers import AnomalyTrainTask
+
+        return AnomalyTrainTask(self, self.kwargs.get("train_defaults"))
+
+    @property
+    def modalities(self):
+        return self.metadata.modalities
+
+    @property
+    def body_parts(self):
+        return self.metadata.body_parts
 
     @property
     def checkpoint(self) -> Path:
@@ -71,25 +83,13 @@ class AnomalyModelConfig:
     def is_trained(self) -> bool:
         return self.checkpoint.is_file()
 
-    def takes_films(self) -> bool | None:
-        """True for film models, False for volume (MR) models, None when the model did not say."""
-        from .modalities import FILM_MODALITIES, VOLUME_MODALITIES
-
-        if not self.modalities:
-            return None
-        if set(self.modalities) <= set(VOLUME_MODALITIES):
-            return False
-        if set(self.modalities) <= set(FILM_MODALITIES):
-            return True
-        return None
-
     def accepts(self, image) -> bool:
         """Whether a datastore image is for this model: its DICOM modality (when known) and its kind, a film (2D
         or one slice) or a volume, must fit. Keeps brain volumes out of a film model's training and back."""
         modality = (image.meta.get("modality") or "").upper()
         if modality and self.modalities and modality not in self.modalities:
             return False
-        films = self.takes_films()
+        films = self.metadata.takes_films()
         is_film = image.array.ndim == 2 or image.array.shape[0] == 1
         return films is None or films == is_film
 
@@ -121,12 +121,12 @@ class AnomalyModelConfig:
     def describe(self) -> dict:
         description = self.cls.describe()
         record = self.record()
-        model = None
+        model, error = None, None
         if self.is_trained():
             try:
                 model = self.model()
-            except Exception as error:  # a corrupt checkpoint is reported, not fatal for /info/
-                description["checkpoint_error"] = str(error)
+            except Exception as failure:  # a corrupt checkpoint is reported, not fatal for /info/
+                error = str(failure)
         return {
             "kind": description["kind"],
             "supervised": description["supervised"],
@@ -135,17 +135,20 @@ class AnomalyModelConfig:
             "default_config": description["default_config"],
             "modalities": list(self.modalities) if self.modalities else None,
             "body_parts": list(self.body_parts) if self.body_parts else None,
+            "uncertainty_map": self.metadata.uncertainty_map,
+            "min_image_size": self.metadata.min_image_size,
             "trained": model is not None,
             "model_version": model.model_version if model is not None else None,
             "thresholds": dict(model.thresholds) if model is not None else None,
             "calibration": model.calibration if model is not None else None,
             "published_at": record.get("published_at"),
-            **({"checkpoint_error": description["checkpoint_error"]} if "checkpoint_error" in description else {}),
+            **({"checkpoint_error": error} if error else {}),
         }
 
 
-def model_configs(model_dir: Path, conf: dict) -> dict[str, AnomalyModelConfig]:
-    """Every registered model, optionally narrowed by the `models` conf option (comma-separated names)."""
+def model_configs(model_dir: Path, conf: dict, **task_kwargs) -> dict[str, AnomalyTaskConfig]:
+    """Every registered model, optionally narrowed by the `models` conf option (comma-separated names), each
+    initialised as MONAI Label initialises a TaskConfig (`task_kwargs` reach its infer and train tasks)."""
     names = medanomaly.list_models()
     wanted = conf.get("models", "all").strip()
     if wanted and wanted != "all":
@@ -154,4 +157,8 @@ def model_configs(model_dir: Path, conf: dict) -> dict[str, AnomalyModelConfig]:
         if unknown:
             raise ValueError(f"conf models: unknown {unknown}; registered: {names}")
         names = chosen
-    return {name: AnomalyModelConfig(name, model_dir, conf) for name in names}
+    configs = {}
+    for name in names:
+        configs[name] = AnomalyTaskConfig()
+        configs[name].init(name, str(model_dir), conf, None, **task_kwargs)
+    return configs

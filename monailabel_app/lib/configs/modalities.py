@@ -1,50 +1,46 @@
-"""Which images each model is meant for, used by the modality screen.
-
-A model class may declare `modalities` / `body_parts` itself; otherwise its name and description decide (brain
-MRI, chest films...), then the family it belongs to (films for the film and classifier bases), and the `modalities_<model>` / `body_parts_<model>` conf options override both.
-`None` means "no screen": any image is accepted."""
+"""What a model declares about the images it takes, read from its class (exposed by `describe()`): DICOM
+modalities, body parts, the name of its uncertainty map and its smallest image side. The conf options
+`modalities_<model>` / `body_parts_<model>` override the first two ("any" disables the screen). A model that
+declares no modalities gets no modality screen."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 FILM_MODALITIES = ("CR", "DX", "MG", "RG", "OT")
 VOLUME_MODALITIES = ("MR",)
-
-# Models whose name alone says what they are for (the registry does not record it).
-BY_NAME: dict[str, dict] = {}
+MIN_IMAGE_SIDE = 32  # the floor for a model that states none: a 1 x 1 "image" is not scored
 
 
-def expected_for(name: str, cls, conf: dict) -> tuple[tuple | None, tuple | None]:
-    modalities = getattr(cls, "modalities", None)
-    body_parts = getattr(cls, "body_parts", None)
-    if modalities is None and name in BY_NAME:
-        modalities = BY_NAME[name].get("modalities")
-        body_parts = BY_NAME[name].get("body_parts", body_parts)
-    if modalities is None:
-        modalities = _by_words(name, getattr(cls, "description", "") or "")
-    if modalities is None:
-        modalities = _by_family(cls)
-    modalities = _conf_list(conf, f"modalities_{name}", modalities)
-    body_parts = _conf_list(conf, f"body_parts_{name}", body_parts)
-    return (tuple(m.upper() for m in modalities) if modalities else None,
-            tuple(b.upper() for b in body_parts) if body_parts else None)
+@dataclass(frozen=True)
+class ModelMetadata:
+    modalities: tuple | None
+    body_parts: tuple | None
+    uncertainty_map: str | None
+    min_image_size: int
+
+    def takes_films(self) -> bool | None:
+        """True for film models, False for volume (MR) models, None when the modalities do not say."""
+        if not self.modalities:
+            return None
+        if set(self.modalities) <= set(VOLUME_MODALITIES):
+            return False
+        if set(self.modalities) <= set(FILM_MODALITIES):
+            return True
+        return None
 
 
-def _by_words(name: str, description: str) -> tuple | None:
-    """What a model's name and description say it reads (brain MRI, chest films...)."""
-    text = f"{name} {description}".lower()
-    if any(word in text for word in ("brain", "mri", "mr volume")):
-        return VOLUME_MODALITIES
-    if any(word in text for word in ("film", "chest", "cxr", "x-ray", "mammo", "radiograph")):
-        return FILM_MODALITIES
-    return None
-
-
-def _by_family(cls) -> tuple | None:
-    from medanomaly.classifier import ClassifierModel
-    from medanomaly.reconstruction import FilmReconstructionModel
-
-    if issubclass(cls, (FilmReconstructionModel, ClassifierModel)):
-        return FILM_MODALITIES
-    return None
+def model_metadata(name: str, cls, conf: dict) -> ModelMetadata:
+    declared = {**{key: getattr(cls, key, None) for key in ("modalities", "body_parts", "uncertainty_map",
+                                                            "min_image_size")}, **cls.describe()}
+    modalities = _conf_list(conf, f"modalities_{name}", declared["modalities"])
+    body_parts = _conf_list(conf, f"body_parts_{name}", declared["body_parts"])
+    smallest = declared["min_image_size"]
+    if isinstance(smallest, (list, tuple)):
+        smallest = min(smallest) if smallest else None
+    return ModelMetadata(modalities=tuple(m.upper() for m in modalities) if modalities else None,
+                         body_parts=tuple(b.upper() for b in body_parts) if body_parts else None,
+                         uncertainty_map=declared["uncertainty_map"] or None,
+                         min_image_size=int(smallest) if smallest else MIN_IMAGE_SIDE)
 
 
 def _conf_list(conf: dict, key: str, default):

@@ -6,26 +6,29 @@ slice scoring of films and volumes, its thresholds and calibration. Wrapping it 
 logic per model; the contract's `predict` is the single entry point instead."""
 from __future__ import annotations
 
-import json
 import math
-import tempfile
 import time
+import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
 from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 
 from medanomaly.errors import ModalityMismatchError, UnsupportedImageError
+from medanomaly.io import write_image
 
-from ..configs import AnomalyModelConfig
-from ..inputs import infer_options, load_image, modality_check, unprocessable
+from ..inputs import check_image_size, infer_options, load_image, modality_check, unprocessable
 from ..results import ResultStore
+
+if TYPE_CHECKING:
+    from ..configs import AnomalyTaskConfig
 
 
 def json_safe(value):
-    """Numbers, lists and dicts only, NaN/Inf as null: the result must survive json.dumps in the endpoint."""
+    """Numbers, lists and dicts only, NaN/Inf as null: the result must survive json.dumps in the endpoint (one
+    pass over the result, which is then sent as it is)."""
     if isinstance(value, dict):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -44,7 +47,7 @@ def json_safe(value):
 
 
 class AnomalyInferTask(InferTask):
-    def __init__(self, config: AnomalyModelConfig, results: ResultStore, label_dir: Path, modality_mode: str):
+    def __init__(self, config: "AnomalyTaskConfig", results: ResultStore, label_dir: Path, modality_mode: str):
         description = config.cls.describe()
         super().__init__(
             type="anomaly",
@@ -62,6 +65,11 @@ class AnomalyInferTask(InferTask):
     def info(self):
         return {**super().info(), "medanomaly": self.model_config.describe()}
 
+    def get_path(self, validate=True):
+        """The published checkpoint, for MONAI Label's /model/ routes (download, checksum, delete)."""
+        path = self.model_config.checkpoint
+        return str(path) if path.is_file() or not validate else None
+
     def is_valid(self) -> bool:
         return True  # listed even before training: infer then answers 409 with what to do
 
@@ -74,6 +82,7 @@ class AnomalyInferTask(InferTask):
             raise HTTPException(status_code=409, detail=f"model {name} is not trained yet; POST /train/{name}")
 
         image = load_image(request["image"])
+        check_image_size(image, self.model_config.metadata.min_image_size, name)
         read_seconds = time.perf_counter() - started
         screen = modality_check(image, self.model_config.modalities, self.model_config.body_parts, self.modality_mode)
         if screen["status"] == "mismatch" and self.modality_mode == "refuse":
@@ -90,11 +99,9 @@ class AnomalyInferTask(InferTask):
 
         written = time.perf_counter()
         self.label_dir.mkdir(parents=True, exist_ok=True)
-        label_file = tempfile.NamedTemporaryFile(dir=self.label_dir, prefix="label-", suffix=label_suffix,
-                                                 delete=False).name
-        # a fresh temporary name, handed over only when complete: no need for write_image's rename; level-1 gzip
-        # keeps a full-size film's labelmap small at a fraction of the default level's time
-        sitk.WriteImage(image.to_sitk(result.mask.astype(np.uint8)), label_file, label_suffix != ".nii", 1)
+        # a fresh name, written atomically by medanomaly.io; MONAI Label's response removes it once sent
+        label_file = str(write_image(image, self.label_dir / f"label-{uuid.uuid4().hex}{label_suffix}",
+                                     result.mask.astype(np.uint8)))
         result_id, urls = self.results.save(image, {"anomaly": result.map, **result.extras})
         write_seconds = time.perf_counter() - written
 
@@ -118,4 +125,4 @@ class AnomalyInferTask(InferTask):
             # what predict ran with (the model's meta reports its configured values after the call)
             "options": {**(meta.get("options") or {}), **options},
         }
-        return label_file, json.loads(json.dumps(json_safe(body)))
+        return label_file, json_safe(body)

@@ -16,7 +16,6 @@ from ..inputs import load_image
 
 logger = logging.getLogger(__name__)
 INFO_KEY = "medanomaly"
-UNCERTAINTY_EXTRAS = ("aleatoric", "U")  # per-pixel uncertainty maps some models return
 
 
 def pick_model(configs: dict, request: dict):
@@ -42,11 +41,8 @@ def score_image(config, datastore: Datastore, image_id: str) -> dict | None:
         return None
     with config.lock():
         result = model.predict(image)
-    uncertainty = None
-    for name in UNCERTAINTY_EXTRAS:
-        if name in result.extras:
-            uncertainty = float(np.mean(result.extras[name]))
-            break
+    uncertainty_map = config.metadata.uncertainty_map  # the per-pixel uncertainty the model declares, if any
+    uncertainty = float(np.mean(result.extras[uncertainty_map])) if uncertainty_map in result.extras else None
     return {"score": float(result.score), "uncertainty": uncertainty,
             "image_threshold": result.meta.get("image_threshold"), "is_anomalous": result.meta.get("is_anomalous"),
             "model_version": model.model_version}

@@ -28,7 +28,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from medanomaly.errors import ManifestError
 
-from ..configs import AnomalyModelConfig
+from ..configs import AnomalyTaskConfig
 from ..configs.anomaly import read_json, write_json_atomic
 from ..inputs import load_image
 from .multi_gpu import GPU_REQUEST_KEYS, processes_for, train_with_torchrun
@@ -87,7 +87,7 @@ def split(items: list, supervised: bool) -> tuple[list, list | None]:
 
 
 class AnomalyTrainTask(TrainTask):
-    def __init__(self, config: AnomalyModelConfig, defaults: dict | None = None):
+    def __init__(self, config: AnomalyTaskConfig, defaults: dict | None = None):
         super().__init__(f"Train {config.name} on the datastore (normals; lesion labels calibrate)")
         self.model_config = config
         self.defaults = dict(defaults or {})  # e.g. a shorter default run for a demo server
