@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 MODEL ?= ae
 DATA ?= ../shared/data
 
-.PHONY: venv test serve models orthanc bench clean-venv
+.PHONY: venv test serve models orthanc chromium web bench clean-venv
 
 $(INSTALLED): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(INSTALLED): requirements.txt constraints.txt pyproject.toml
 
 venv: $(INSTALLED)
 
-test: $(INSTALLED) orthanc
+test: $(INSTALLED) orthanc chromium
 	$(PY) -m pytest -q
 
 # The DICOMweb test runs a real Orthanc (Debian packages); installed once, skipped where apt-get is not usable.
@@ -25,6 +25,21 @@ orthanc:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb; \
 	  else echo "Orthanc is not installed and apt-get is not usable here: the DICOMweb test will be skipped"; fi; }
+
+# The web viewer's browser test drives Debian's chromium (no browser download); the viewer renders off screen
+# through EGL (Mesa). Installed once, skipped where apt-get is not usable.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium libegl1 libegl-mesa0 \
+	      libgl1-mesa-dri; \
+	  else echo "chromium is not installed and apt-get is not usable here: the web viewer test will be skipped"; fi; }
+
+# The web viewer (trame-slicer) on 127.0.0.1:$(WEB_PORT), for the server at $(SERVER_URL).
+WEB_PORT ?= 8080
+SERVER_URL ?= http://127.0.0.1:8000
+web: $(INSTALLED)
+	cd MedAnomalySlicer && $(abspath $(PY)) -m MedAnomalyLib.web --server-url $(SERVER_URL) --port $(WEB_PORT)
 
 bench: $(INSTALLED)
 	$(PY) benchmarks/bench_model.py --model $(MODEL) --data $(DATA)
