@@ -14,8 +14,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
-from tqdm.auto import tqdm
 
 from . import __version__
 from .calibration import calibrate_thresholds
@@ -23,6 +21,7 @@ from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, read_checkpoi
 from .errors import CheckpointError, UnsupportedImageError
 from .io.image import MedicalImage
 from .result import AnomalyResult
+from .training import TRAINING_DEFAULTS
 
 BASE_DEFAULTS = {
     "epochs": 10,
@@ -34,6 +33,7 @@ BASE_DEFAULTS = {
     "volume_score": "max",  # a volume's score from its slice scores: "max" or "mean"
     "calibration_fpr": 0.05,  # image-level false-positive rate when validation has normals only
     "calibration_pixel_fpr": 0.01,  # pixel-level false-positive rate on normal maps
+    **TRAINING_DEFAULTS,  # num_workers, cache_mb, checkpoint_minutes: see medanomaly.training
 }
 
 
@@ -139,9 +139,17 @@ class AnomalyModel:
     def build_network(self) -> torch.nn.Module:
         raise NotImplementedError
 
-    def training_samples(self, item) -> list[tuple[np.ndarray, ...]]:
-        """Arrays the loss sees, for one training item (a film or a volume). Each sample is a tuple."""
+    def training_samples(self, item, rng: np.random.Generator | None = None) -> list[tuple[np.ndarray, ...]]:
+        """Arrays the loss sees, for one training item (a film or a volume). Each sample is a tuple.
+
+        Without `rng`: every sample of the item. With `rng` (one visit of the item during training): a method that
+        cuts many samples from an item (patches) may draw only `samples_per_visit()` of them with it; the loop
+        keeps at most that many in any case (a random slice of a volume, for a one-sample-per-visit model)."""
         raise NotImplementedError
+
+    def samples_per_visit(self) -> int:
+        """Samples one visit of a training item gives; a batch holds batch_size // samples_per_visit() items."""
+        return 1
 
     def training_loss(self, *batch: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -255,82 +263,25 @@ class AnomalyModel:
 
     # ----- fit -----
     def fit(self, train, val=None, *, checkpoint: str | Path | None = None, minutes: float | None = None,
-            progress: bool = True, on_epoch_end=None, **config) -> list[dict]:
-        """Train, checkpoint every epoch (atomically), resume from `checkpoint` if it holds an unfinished run,
-        then calibrate thresholds on `val` (or on the training normals when no validation set is given).
+            progress: bool = True, on_epoch_end=None, on_progress=None, should_stop=None, **config) -> list[dict]:
+        """Train, resume from `checkpoint` if it holds an unfinished run (also one stopped mid-epoch), then
+        calibrate thresholds on `val` (or on up to 200 training items when no validation set is given).
 
-        `config` overrides training settings such as epochs, batch_size or learning_rate. `minutes` bounds
-        the wall time: training stops after the epoch that crosses it. Returns the per-epoch history."""
+        `train` is a manifest path, manifest cases (streamed from disk), or images in memory. `config` overrides
+        settings such as epochs, batch_size, learning_rate, num_workers or cache_mb. `minutes` bounds the wall
+        time: it is checked after every optimiser step, and on expiry (or when `should_stop()` returns True) a
+        mid-epoch checkpoint is written, the model calibrated and the history returned. `on_progress(Progress)`
+        is called after every step (steps done, time left in the budget, estimated epoch time; see
+        `medanomaly.training`). Returns the per-epoch history; a last record with "complete": False is the
+        epoch the budget cut short. The loop itself lives in `medanomaly.training`."""
+        from .training import fit_model
+
         unknown = sorted(set(config) - set(self.config))
         if unknown:
             raise ValueError(f"{self.name}: unknown config keys {unknown}")
         self.config.update(config)
-        if checkpoint is not None and Path(checkpoint).exists():
-            self._resume_from(checkpoint)
-        items = self.select_training_items(as_items(train))
-        if not items:
-            raise ValueError(f"{self.name}: no training images (unsupervised models need normal images)")
-        if self.fitting == "statistics":
-            return self._fit_by_statistics(items, val, checkpoint, on_epoch_end)
-        samples = [sample for item in items for sample in self.training_samples(item)]
-        if not samples:
-            raise ValueError(f"{self.name}: the training images gave no training samples")
-        dataset = TensorDataset(*[torch.as_tensor(np.stack([s[k] for s in samples])) for k in range(len(samples[0]))])
-
-        optimizer = self.make_optimizer()
-        if self._optimizer_state is not None:
-            optimizer.load_state_dict(self._optimizer_state)
-        epochs = int(self.config["epochs"])
-        started = time.perf_counter()
-        for epoch in range(self.train_state["epoch"], epochs):
-            record = self._train_one_epoch(dataset, optimizer, epoch, epochs, progress)
-            self.train_state["epoch"] = epoch + 1
-            self.train_state["history"].append(record)
-            self._optimizer_state = optimizer.state_dict()
-            self._weights_sha = None
-            if checkpoint is not None:
-                self.save(checkpoint)
-            if on_epoch_end is not None:
-                on_epoch_end(record)
-            if minutes is not None and time.perf_counter() - started > minutes * 60:
-                break
-        self.train_state["finished"] = True
-        self.calibrate(val if val is not None else items, source="validation" if val is not None else "training")
-        if checkpoint is not None:
-            self.save(checkpoint)
-        return self.train_state["history"]
-
-    def _fit_by_statistics(self, items, val, checkpoint, on_epoch_end) -> list[dict]:
-        started = time.perf_counter()
-        record = {"epoch": 1, **self.fit_statistics(items), "seconds": time.perf_counter() - started}
-        self._weights_sha = None
-        self.train_state.update({"epoch": 1, "history": [record], "finished": True})
-        if on_epoch_end is not None:
-            on_epoch_end(record)
-        self.calibrate(val if val is not None else items, source="validation" if val is not None else "training")
-        if checkpoint is not None:
-            self.save(checkpoint)
-        return self.train_state["history"]
-
-    def _train_one_epoch(self, dataset, optimizer, epoch: int, epochs: int, progress: bool) -> dict:
-        # Seeding by epoch makes an interrupted-and-resumed run take the same steps as an uninterrupted one.
-        seed = int(self.config["seed"]) + epoch
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        loader = DataLoader(dataset, batch_size=int(self.config["batch_size"]), shuffle=True,
-                            generator=torch.Generator().manual_seed(seed))
-        self.network.train()
-        started, losses = time.perf_counter(), []
-        bar = tqdm(loader, desc=f"{self.name} epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for batch in bar:
-            loss = self.training_loss(*[tensor.to(self.device) for tensor in batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        return {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - started,
-                "samples": len(dataset)}
+        return fit_model(self, train, val, checkpoint=checkpoint, minutes=minutes, progress=progress,
+                         on_epoch_end=on_epoch_end, on_progress=on_progress, should_stop=should_stop)
 
     # ----- calibrate -----
     def calibrate(self, val, source: str = "validation") -> dict:

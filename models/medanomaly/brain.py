@@ -103,8 +103,9 @@ class BrainSliceModel(AnomalyModel):
     def prepare(self, slice_2d: np.ndarray, mask: np.ndarray | None = None) -> BrainSlice:
         return prepare_brain_slice(slice_2d, int(self.config["image_size"]), mask)
 
-    def training_samples(self, item) -> list[tuple[np.ndarray, ...]]:
-        """(normalised slice, brain mask) per slice with enough brain: the mask lets a loss ignore background."""
+    def training_samples(self, item, rng=None) -> list[tuple[np.ndarray, ...]]:
+        """(normalised slice, brain mask) per slice with enough brain: the mask lets a loss ignore background.
+        A training visit of a volume keeps one of them at random (see `AnomalyModel.training_samples`)."""
         roi = getattr(item, "roi", None)
         masks = slices_of(np.asarray(roi)) if roi is not None else None
         samples = []

@@ -46,6 +46,9 @@ from .modalities import CHEST, CHEST_FILM_MODALITIES
 from .preprocess import ResizeInfo, resize_keep_aspect, to_unit_range, undo_resize
 
 
+BATCHNORM_FILMS = 256  # training films whose statistics the BatchNorm refresh after training uses
+
+
 class ClassifierModel(AnomalyModel):
     kind = "classifier"
     supervised = True
@@ -116,7 +119,10 @@ class ClassifierModel(AnomalyModel):
             raise ValueError(f"{self.name}: class_weighting must be 'balanced' or 'none'")
         else:
             self.class_weights = None
-        self._training_items = chosen
+        # The BatchNorm refresh after training reads these films again: a seeded sample of them is enough for
+        # running statistics, and keeps that pass (memory and time) bounded on a 50,000-film training set.
+        refresh = np.random.default_rng(int(self.config["seed"])).permutation(len(chosen))[:BATCHNORM_FILMS]
+        self._training_items = [chosen[k] for k in sorted(refresh)]
         return chosen
 
     # ----- preprocessing -----
@@ -127,7 +133,7 @@ class ClassifierModel(AnomalyModel):
         square, info = resize_keep_aspect(unit, int(self.config["image_size"]))
         return np.repeat(square[None], int(self.config["input_channels"]), axis=0), info
 
-    def training_samples(self, item) -> list[tuple[np.ndarray, ...]]:
+    def training_samples(self, item, rng=None) -> list[tuple[np.ndarray, ...]]:
         index = self.class_index(item.label)
         if index is None:
             return []

@@ -29,7 +29,7 @@ class FilmReconstructionModel(AnomalyModel):
         unit, _ = to_unit_range(slice_2d, low, high)
         return resize_keep_aspect(unit, int(self.config["image_size"]))
 
-    def training_samples(self, item) -> list[tuple[np.ndarray, ...]]:
+    def training_samples(self, item, rng=None) -> list[tuple[np.ndarray, ...]]:
         return [(self.preprocess(s)[0][None],) for s in slices_of(item.image.array)]  # (1, S, S): one channel
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,7 @@ class DiffusionAnomalyModel(FilmReconstructionModel):
         "patch_stride": None,  # None: patch_size (a grid without gaps, the last patches aligned to the border)
         "train_patch_stride": None,  # None: patch_size // 2 (overlapping patches give more training samples)
         "max_train_patches_per_image": None,  # None: all; else evenly spread over the film's tissue patches
+        "train_patches_per_visit": 4,  # patch mode: of those, drawn at random each time training visits a film
         "min_tissue_fraction": 0.4,
         "patch_score": "max",  # image score from patch MAEs: "max" or "mean" (the other is in meta)
         # DiffusionModelUNet: small enough for a CPU (see the model card in the docs for the GPU configuration)
@@ -122,9 +123,11 @@ class DiffusionAnomalyModel(FilmReconstructionModel):
             raise ValueError(f"ddpm: min_tissue_fraction must be within [0, 1], got {c['min_tissue_fraction']}")
 
     # ----- training: epsilon prediction at a uniform random step -----
-    def training_samples(self, item) -> list[tuple[np.ndarray, ...]]:
+    def training_samples(self, item, rng=None) -> list[tuple[np.ndarray, ...]]:
+        """Whole mode: the film. Patch mode: its tissue patches (evenly spread down to max_train_patches_per_image);
+        with `rng` (a training visit), `samples_per_visit()` of them at random, the others never resized."""
         if self.config["mode"] == "whole":
-            return super().training_samples(item)
+            return super().training_samples(item, rng)
         samples = []
         for slice_2d in slices_of(item.image.array):
             unit = self.unit_film(slice_2d)
@@ -133,8 +136,15 @@ class DiffusionAnomalyModel(FilmReconstructionModel):
             limit = self.config["max_train_patches_per_image"]
             if limit is not None and len(patches) > int(limit):
                 patches = patches[np.linspace(0, len(patches) - 1, int(limit)).round().astype(int)]
+            if rng is not None and len(patches) > self.samples_per_visit():
+                patches = patches[np.sort(rng.choice(len(patches), self.samples_per_visit(), replace=False))]
             samples += [(square[None],) for square in self.resize_patches(patches)]
         return samples
+
+    def samples_per_visit(self) -> int:
+        if self.config["mode"] == "whole":
+            return 1
+        return max(1, min(int(self.config["train_patches_per_visit"]), int(self.config["batch_size"])))
 
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         x = x * 2 - 1

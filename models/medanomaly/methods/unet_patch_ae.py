@@ -77,6 +77,7 @@ class UNetPatchAutoEncoderModel(AnomalyModel):
         "loss": "dice",  # "dice": the paper's -ln Dice on intensities; "l1": mean |output - input|
         "dice_eps": 1e-6,
         "batch_size": 64,
+        "train_patches_per_visit": 16,  # lung patches drawn at random from a film each time training visits it
         "learning_rate": 1e-3,
         "epochs": 10,
         "predict_batch_size": 256,
@@ -113,12 +114,18 @@ class UNetPatchAutoEncoderModel(AnomalyModel):
         return extract_patches(square, int(self.config["patch_size"]), int(stride or self.config["stride"]),
                                foreground=lung, min_foreground_fraction=float(self.config["lung_patch_fraction"]))
 
-    def training_samples(self, item) -> list[tuple[np.ndarray, ...]]:
+    def training_samples(self, item, rng=None) -> list[tuple[np.ndarray, ...]]:
+        """Every lung patch of the film; with `rng` (a training visit), `samples_per_visit()` of them at random."""
         samples = []
         for film in slices_of(item.image.array):
             square, _, lung = self.preprocess(film)
             samples += [(patch[None],) for patch in self.lung_patches(square, lung).arrays]
+        if rng is not None and len(samples) > self.samples_per_visit():
+            samples = [samples[k] for k in np.sort(rng.choice(len(samples), self.samples_per_visit(), replace=False))]
         return samples
+
+    def samples_per_visit(self) -> int:
+        return max(1, min(int(self.config["train_patches_per_visit"]), int(self.config["batch_size"])))
 
     def training_loss(self, x: torch.Tensor) -> torch.Tensor:
         output = self.network(x)
