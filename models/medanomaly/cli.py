@@ -43,6 +43,7 @@ def _cmd_manifests(args) -> int:
 
 def _cmd_train(args) -> int:
     from . import create, load
+    from .training import distributed_session, rank
     from .config_validation import validate_training_settings
 
     config = validate_training_settings(args.model, parse_config(args.config))
@@ -51,8 +52,11 @@ def _cmd_train(args) -> int:
     elif args.minutes is not None:
         config.setdefault("epochs", 10_000)  # the time budget decides
     out = Path(args.out)
-    model = create(args.model, **config)
-    history = model.fit(args.manifest, val=args.val, checkpoint=out, minutes=args.minutes)
+    with distributed_session():  # under torchrun: DDP, one process per GPU (NCCL) or CPU share (gloo)
+        model = create(args.model, **config)
+        history = model.fit(args.manifest, val=args.val, checkpoint=out, minutes=args.minutes)
+        if rank() != 0:
+            return 0  # rank 0 calibrated and wrote the checkpoint
     model = load(out)
     print(json.dumps({"checkpoint": str(out), "model_version": model.model_version, "epochs": len(history),
                       "train_seconds": sum(h["seconds"] for h in history), "thresholds": model.thresholds,

@@ -16,6 +16,7 @@ from torch import nn
 from ..brain import BrainSliceModel
 from ..nets.intensity_mixture import IntensityMixture
 from ..registry import register
+from ..training import gather_lists
 from .autoencoder import ConvAutoEncoderModel
 
 
@@ -93,7 +94,8 @@ class IntensityMixtureModel(BrainSliceModel):
     def fit_statistics(self, items: list) -> dict:
         """EM on the intensities of brain voxels of the normal training slices (sklearn GaussianMixture), then
         the uniform component's range."""
-        voxels = [square[mask > 0] for item in items for square, mask in self.training_samples(item)]
+        # Under torchrun each rank reads its share of the items; the voxels of all shares are fitted once.
+        voxels = gather_lists([square[mask > 0] for item in items for square, mask in self.training_samples(item)])
         voxels = np.concatenate(voxels) if voxels else np.zeros(0, dtype=np.float32)
         components = int(self.config["components"])
         if voxels.size < 10 * components:
