@@ -120,8 +120,8 @@ class AnomalyScene:
         if node is None:
             raise MedAnomalyError("load an image first")
         values = arrayFromVolume(node)
-        low, high = (float(v) for v in np.percentile(values, percentiles))
-        if high <= low:
+        low, high = (float(v) for v in np.nanpercentile(values, percentiles))  # NaN pixels do not blank the film
+        if not high > low:
             high = low + 1.0
         display = node.GetDisplayNode()
         if display is not None:
