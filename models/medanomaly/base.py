@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from . import __version__
-from .calibration import calibrate_thresholds
+from .calibration import Calibration
 from .checkpoint import FORMAT, FORMAT_VERSION, atomic_torch_save, read_checkpoint, weights_digest
 from .errors import CheckpointError, UnsupportedImageError
 from .io.image import MedicalImage
 from .result import AnomalyResult
+from .seeding import seeded
 from .training import TRAINING_DEFAULTS
 
 BASE_DEFAULTS = {
@@ -125,11 +126,9 @@ class AnomalyModel:
             raise ValueError(f"{self.name}: unknown config keys {unknown}; known keys: {sorted(defaults)}")
         self.config = {**defaults, **config}
         self.device = resolve_device(self.config["device"])
-        torch.manual_seed(self.config["seed"])  # the same config gives the same initial weights
-        self.network = self.build_network().to(self.device)
-        self.thresholds = {"image": None, "pixel": None}
-        self.calibration = {"method": "uncalibrated"}
-        self.stats: dict = {}
+        with seeded(self.config["seed"]):  # the same config gives the same initial weights
+            self.network = self.build_network().to(self.device)
+        self.calibrator = Calibration()  # thresholds, how they were set, normal statistics (calibration.py)
         self.train_state = {"epoch": 0, "history": [], "finished": False}
         self._optimizer_state = None
         self._weights_sha = None
@@ -238,22 +237,12 @@ class AnomalyModel:
         scores = np.asarray(out.scores, dtype=float)
         score = float(scores.max() if self.config["volume_score"] == "max" else scores.mean())
 
-        pixel_threshold = self.thresholds["pixel"] if threshold is None else float(threshold)
-        if pixel_threshold is None:
-            mask = np.zeros(anomaly_map.shape, dtype=np.uint8)
-        else:
-            mask = (anomaly_map >= pixel_threshold).astype(np.uint8)
-        image_threshold = self.thresholds["image"]
+        mask, thresholding = self.calibrator.apply(score, anomaly_map, threshold)
         meta = {
             "model": self.name,
             "model_version": self.model_version,
             "kind": self.kind,
-            "image_threshold": image_threshold,
-            "pixel_threshold": pixel_threshold,
-            "threshold_source": "request" if threshold is not None else self.calibration.get("method", "uncalibrated"),
-            "calibration": self.calibration,
-            "is_anomalous": None if image_threshold is None else bool(score >= image_threshold),
-            "display_range": self.stats.get("map_display_range"),
+            **thresholding,  # thresholds and their source, is_anomalous, normalised_score, display_range
             "slice_scores": scores.tolist() if image.is_volume else None,
             "options": options_used,
             "timings": {"predict_seconds": seconds, "seconds_per_slice": seconds / len(slices)},
@@ -288,12 +277,35 @@ class AnomalyModel:
         """Set the image and pixel thresholds from validation data (see calibration.py) and record how."""
         items = as_items(val)
         results = [self.predict(item.image) for item in items]
-        thresholds, calibration, stats = calibrate_thresholds(
+        self.calibrator = Calibration.from_validation(
             results, items, fpr=self.config["calibration_fpr"], pixel_fpr=self.config["calibration_pixel_fpr"],
-            seed=int(self.config["seed"]))
-        calibration["source"] = source
-        self.thresholds, self.calibration, self.stats = thresholds, calibration, stats
-        return calibration
+            seed=int(self.config["seed"]), source=source)
+        return self.calibration
+
+    # The calibrator's parts under their long-standing names (clients and checkpoints use them).
+    @property
+    def thresholds(self) -> dict:
+        return self.calibrator.thresholds
+
+    @thresholds.setter
+    def thresholds(self, value: dict) -> None:
+        self.calibrator.thresholds = {"image": None, "pixel": None, **dict(value)}
+
+    @property
+    def calibration(self) -> dict:
+        return self.calibrator.record
+
+    @calibration.setter
+    def calibration(self, value: dict) -> None:
+        self.calibrator.record = dict(value)
+
+    @property
+    def stats(self) -> dict:
+        return self.calibrator.stats
+
+    @stats.setter
+    def stats(self, value: dict) -> None:
+        self.calibrator.stats = dict(value)
 
     # ----- save / load -----
     def save(self, path: str | Path) -> Path:
@@ -309,9 +321,7 @@ class AnomalyModel:
             "weights_sha256": self._weights_sha,
             "config": dict(self.config),
             "preprocessing": self.preprocessing_params(),
-            "thresholds": dict(self.thresholds),
-            "calibration": self.calibration,
-            "stats": self.stats,
+            **self.calibrator.to_dict(),  # "thresholds", "calibration", "stats"
             "train_state": {**self.train_state, "optimizer": self._optimizer_state},
             "state_dict": state,
         }
@@ -325,9 +335,7 @@ class AnomalyModel:
         except RuntimeError as error:
             raise CheckpointError(f"checkpoint weights do not fit {self.name} with this config: {error}") from error
         self.network.to(self.device)
-        self.thresholds = dict(payload["thresholds"])
-        self.calibration = payload["calibration"]
-        self.stats = payload["stats"]
+        self.calibrator = Calibration.from_dict(payload)
         train_state = dict(payload["train_state"])
         self._optimizer_state = train_state.pop("optimizer", None)
         self.train_state = train_state

