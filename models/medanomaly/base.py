@@ -118,6 +118,8 @@ class AnomalyModel:
     body_parts: tuple | None = None  # DICOM BodyPartExamined values; None: any
     uncertainty_map: str | None = None  # the name of the extras map holding the model's uncertainty, if any
     min_image_size: int = 32  # smallest in-plane side (pixels) predict accepts
+    # A tiny config (small images and network, one epoch) for the contract test every registered model runs.
+    smoke_config: dict = {}
 
     def __init__(self, **config):
         defaults = {**BASE_DEFAULTS, **self.default_config}

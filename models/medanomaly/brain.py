@@ -99,6 +99,7 @@ class BrainSliceModel(AnomalyModel):
     default_map = "squared"
     modalities = VOLUME_MODALITIES
     body_parts = BRAIN
+    smoke_config = {"image_size": 32, "epochs": 1, "batch_size": 4}
 
     def prepare(self, slice_2d: np.ndarray, mask: np.ndarray | None = None) -> BrainSlice:
         return prepare_brain_slice(slice_2d, int(self.config["image_size"]), mask)

@@ -69,6 +69,7 @@ class ClassifierModel(AnomalyModel):
         "refresh_batchnorm": True,
     }
     preprocessing_keys = ("image_size", "clip_percentiles", "input_channels")
+    smoke_config = {"classes": ["normal", "pneumonia"], "image_size": 32, "epochs": 1, "batch_size": 6}
 
     def __init__(self, **config):
         super().__init__(**config)

@@ -23,6 +23,7 @@ class FilmReconstructionModel(AnomalyModel):
     }
     preprocessing_keys = ("image_size", "clip_percentiles")
     modalities = FILM_MODALITIES
+    smoke_config = {"image_size": 32, "epochs": 1, "batch_size": 4}
 
     def preprocess(self, slice_2d: np.ndarray):
         low, high = self.config["clip_percentiles"]

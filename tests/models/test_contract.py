@@ -1,7 +1,9 @@
-"""The anomaly-model contract, exercised with the conv autoencoder on real chest films: registry, predict on
-films and volumes, calibration, checkpoints (round trip, atomic write, resume), bad input."""
+"""The anomaly-model contract on real images: for every registered model (fit on a few images with its
+`smoke_config`, predict a film, a single slice and a volume, save and load, describe); in depth with the conv
+autoencoder on chest films: registry, calibration, checkpoints (round trip, atomic write, resume), bad input."""
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import medanomaly
 from medanomaly import CheckpointError, UnknownModelError, UnsupportedImageError
 from medanomaly.calibration import Calibration
 from medanomaly.data import BUILDERS, read_manifest
-from medanomaly.io import read_image, write_image
+from medanomaly.io import MedicalImage, read_image, write_image
 from medanomaly.metrics import normal_percentile_threshold, youden_threshold
 
 SMALL = {"image_size": 64, "batch_size": 4, "channels": [8, 16, 16], "epochs": 2}
@@ -218,3 +220,89 @@ def test_request_options_apply_to_one_call_and_are_reported(data_root):
     result = model.predict(film, vlb_samples=default + 2)
     assert result.meta["options"]["vlb_samples"] == default + 2  # what this call ran with
     assert model.config["vlb_samples"] == default  # and the model is back to its own setting
+
+
+# ----- the contract, for every registered model -----
+# Each model class declares a tiny `smoke_config`; a model added later is picked up by the registry alone.
+
+
+def _item(image, abnormal: bool):
+    return SimpleNamespace(image=image, mask=None, roi=None, label=int(abnormal), is_abnormal=abnormal)
+
+
+def _images(normal: list, abnormal: list) -> dict:
+    """Training items (four normal images, two abnormal: supervised models need both) and the three inputs."""
+    film, other = normal[4], normal[5]
+    return {"train": [_item(image, False) for image in normal[:4]] + [_item(image, True) for image in abnormal[:2]],
+            "inputs": {"film": film, "slice": MedicalImage(film.array[None]),
+                       "volume": MedicalImage(np.stack([film.array, other.array]))}}
+
+
+@pytest.fixture(scope="module")
+def contract_images(data_root, kermany_films):
+    """Real images for each kind of model: chest films (224^2 Kermany), mammograms (mini-MIAS, every fourth pixel:
+    256^2) and healthy brain MRI slices (IXI T1, 2 mm; the abnormal ones are tumour slices from BraTS)."""
+    chest = _images([read_image(path) for path in kermany_films["NORMAL"][:6]],
+                    [read_image(path) for path in kermany_films["PNEUMONIA"][:2]])
+    mias = data_root / "mini_mias" / "images"
+    breast = _images([MedicalImage(read_image(mias / f"{n}.png").array[::4, ::4])
+                      for n in ("mdb003", "mdb004", "mdb006", "mdb007", "mdb008", "mdb009")],
+                     [MedicalImage(read_image(mias / f"{n}.png").array[::4, ::4]) for n in ("mdb001", "mdb002")])
+    slices = []
+    for name in ("IXI012-HH-1211_T1.nii.gz", "IXI015-HH-1258_T1.nii.gz"):
+        volume = read_image(data_root / "nifti" / "ixi_nichart" / name).array
+        slices += [MedicalImage(volume[len(volume) // 2 + offset]) for offset in (-4, 0, 4)]
+    case = data_root / "brats2015" / "train" / "brats_2013_pat0005_1"
+    flair = read_image(case / "Flair_subtrMeanDivStd.nii.gz").array
+    largest = int(np.argmax((read_image(case / "OTMultiClass.nii.gz").array > 0).sum(axis=(1, 2))))
+    tumour = [MedicalImage(flair[k]) for k in (largest, largest + 3)]
+    return {"chest": chest, "breast": breast, "brain": _images(slices, tumour)}
+
+
+def _images_for(cls) -> str:
+    if cls.modalities and "MR" in cls.modalities:
+        return "brain"
+    return "breast" if cls.body_parts and "BREAST" in cls.body_parts else "chest"
+
+
+@pytest.mark.parametrize("name", medanomaly.list_models())
+def test_every_model_keeps_the_contract(name, contract_images, tmp_path):
+    cls = medanomaly.model_class(name)
+    described = cls.describe()
+    assert json.loads(json.dumps(described)) == described
+    assert cls.smoke_config, f"{name} declares no smoke_config"
+    images = contract_images[_images_for(cls)]
+
+    model = medanomaly.create(name, **cls.smoke_config)
+    history = model.fit(images["train"], progress=False)
+    assert history and model.train_state["finished"]
+    assert model.thresholds["image"] is not None and model.thresholds["pixel"] is not None
+
+    results = {}
+    for kind, image in images["inputs"].items():
+        result = results[kind] = model.predict(image)
+        assert result.map.shape == image.shape and result.map.dtype == np.float32, kind
+        assert result.mask.shape == image.shape and result.mask.dtype == np.uint8, kind
+        assert np.array_equal(result.mask, (result.map >= result.meta["pixel_threshold"]).astype(np.uint8))
+        assert np.isfinite(result.score) and np.all(np.isfinite(result.map)), kind
+        assert 0 <= result.meta["normalised_score"] <= 1
+        assert result.meta["is_anomalous"] == (result.score >= model.thresholds["image"])
+        assert result.meta["is_anomalous"] == (result.meta["normalised_score"] >= 0.5)
+        for extra, values in result.extras.items():
+            assert values.shape == image.shape, (kind, extra)
+        if cls.uncertainty_map is not None:
+            assert cls.uncertainty_map in result.extras, kind
+        if kind == "volume":
+            assert len(result.meta["slice_scores"]) == image.shape[0]
+        json.dumps(result.summary())
+
+    too_small = max(1, cls.min_image_size - 1)
+    if too_small < cls.min_image_size:
+        with pytest.raises(UnsupportedImageError, match=f"at least {cls.min_image_size} pixels"):
+            model.predict(np.ones((too_small, max(64, cls.min_image_size)), dtype=np.float32))
+
+    before = results["film"]
+    after = medanomaly.load(model.save(tmp_path / f"{name}.pt")).predict(images["inputs"]["film"])
+    assert after.score == pytest.approx(before.score, rel=1e-5, abs=1e-7)
+    np.testing.assert_allclose(after.map, before.map, rtol=1e-4, atol=1e-6)
+    assert after.meta["model_version"] == before.meta["model_version"]

@@ -22,6 +22,8 @@ class ConvAutoEncoderModel(FilmReconstructionModel):
         "learning_rate": 1e-3,
     }
 
+    smoke_config = {**FilmReconstructionModel.smoke_config, "channels": [4, 8, 8]}
+
     def build_network(self) -> torch.nn.Module:
         return ConvAutoEncoder(1, self.config["channels"], self.config["latent_channels"])
 

@@ -37,6 +37,7 @@ class BrainAutoEncoderModel(BrainSliceModel, ConvAutoEncoderModel):
                       **BrainSliceModel.default_config, "residual": "squared", "epochs": 30}
     preprocessing_keys = BrainSliceModel.preprocessing_keys
     default_map = "squared"
+    smoke_config = {**BrainSliceModel.smoke_config, "channels": [4, 8, 8]}
 
     def build_network(self) -> torch.nn.Module:
         network = super().build_network()
@@ -84,6 +85,7 @@ class IntensityMixtureModel(BrainSliceModel):
         "epochs": 1,
     }
     default_map = "posterior"
+    smoke_config = {"image_size": 32, "components": 2, "max_fit_voxels": 5000}
 
     def build_network(self) -> torch.nn.Module:
         weight = float(self.config["uniform_weight"])

@@ -91,6 +91,9 @@ class DiffusionAnomalyModel(FilmReconstructionModel):
     preprocessing_keys = ("image_size", "clip_percentiles", "mode", "patch_size", "patch_stride",
                           "min_tissue_fraction")
     inference_keys = ("nlr", "repeats", "fast", "t0", "ddim_steps", "fast_repeats", "sampler", "patch_score")
+    smoke_config = {**FilmReconstructionModel.smoke_config, "channels": [8, 8, 8], "norm_num_groups": 8,
+                    "num_head_channels": 8, "num_train_timesteps": 20, "nlr": 10, "fast": True, "fast_repeats": 1,
+                    "ddim_steps": 2}
 
     def __init__(self, **config):
         super().__init__(**config)

@@ -29,6 +29,8 @@ class PneumoniaCNNModel(ClassifierModel):
         "epochs": 10,
     }
 
+    smoke_config = {**ClassifierModel.smoke_config, "channels": [4, 8, 8], "hidden": 8}
+
     def build_network(self) -> torch.nn.Module:
         return SmallPneumoniaCNN(int(self.config["image_size"]), int(self.config["input_channels"]),
                                  self.config["channels"], int(self.config["hidden"]), len(self.config["classes"]),

@@ -84,6 +84,8 @@ class UNetPatchAutoEncoderModel(AnomalyModel):
     }
     preprocessing_keys = ("image_size", "clip_percentiles", "patch_size", "lung_patch_fraction", "lung_checkpoint")
     inference_keys = ("score", "stride")
+    smoke_config = {"image_size": 64, "patch_size": 16, "stride": 16, "channels": [4, 8, 16],
+                    "lung_patch_fraction": 0.5, "epochs": 1, "batch_size": 16}
 
     def __init__(self, **config):
         super().__init__(**config)

@@ -36,6 +36,7 @@ class UncertaintyVAEModel(BrainSliceModel):
     inference_keys = ("anomaly_map",)
     default_map = "E"
     uncertainty_map = "U"  # aleatoric: in extras unless chosen as the map itself
+    smoke_config = {**BrainSliceModel.smoke_config, "image_size": 64, "base_channels": 4, "latent_channels": 8}
 
     def __init__(self, **config):
         super().__init__(**config)

@@ -41,6 +41,8 @@ class VLBVariationalAutoEncoderModel(FilmReconstructionModel):
         "epochs": 30,
     }
     inference_keys = ("vlb_samples",)
+    smoke_config = {**FilmReconstructionModel.smoke_config, "latent_size": 8, "channels": [4, 8], "strides": [2, 2],
+                    "vlb_samples": 2}
 
     def build_network(self) -> torch.nn.Module:
         return PaddedVarAutoEncoder(int(self.config["image_size"]), int(self.config["latent_size"]),
