@@ -65,3 +65,29 @@ def test_the_gpu_settings_are_offered_and_all_gpus_trains(server):
     stats = http_json(server + "/info/")["train_stats"]["ae"]
     assert stats["status"] == "DONE" and stats["model_version"].startswith("ae-v")
 
+
+def test_the_launch_for_several_gpus_runs_ddp_training_on_the_datastore(tmp_path, kermany_films, capfd):
+    """What the task runs when several GPUs are visible, here with two CPU processes (DDP over gloo):
+    torchrun -m medanomaly train on manifests of the datastore files; rank 0 alone writes the checkpoint."""
+    import sys
+
+    import medanomaly
+    from medanomaly.data import read_manifest
+    from monailabel.datastore.local import LocalDatastore
+
+    sys.path.insert(0, str(REPO / "monailabel_app"))
+    from lib.trainers.anomaly_train import datastore_items, split
+    from lib.trainers.multi_gpu import train_with_torchrun
+
+    studies = fill_studies(tmp_path / "studies", kermany_films["NORMAL"][:6])
+    store = LocalDatastore(str(studies), extensions=["*.jpeg"], auto_reload=False)
+    train, val = split(datastore_items(store), supervised=False)
+    checkpoint = tmp_path / "models" / "ae" / "training.pt"
+    checkpoint.parent.mkdir(parents=True)
+    train_with_torchrun("ae", 2, train, val, store, checkpoint, {"epochs": 1, "batch_size": 2}, None)
+
+    model = medanomaly.load(checkpoint)
+    assert model.train_state["finished"] and len(model.train_state["history"]) == 1
+    cases = read_manifest(checkpoint.parent / "distributed" / "train.csv")
+    assert sorted(case.image for case in cases) == sorted(studies.glob("*.jpeg"))  # the datastore's own files
+    assert capfd.readouterr().out.count('"checkpoint": ') == 1  # one report, from rank 0
