@@ -11,9 +11,6 @@ from monai.transforms import Resize, ScaleIntensityRange
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-# Patch scanning lives in `inferers.patches`; these names are kept here for code written against the old place.
-from .inferers.patches import Patches, extract_patches, grid_corners, stitch_patch_values, stitch_patches  # noqa: F401
-
 
 def to_unit_range(array: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5,
                   mask: np.ndarray | None = None) -> tuple[np.ndarray, tuple[float, float]]:
