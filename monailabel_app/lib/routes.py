@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Optional
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, BackgroundTasks, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, BackgroundTasks, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
+from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.endpoints.infer import ResultType, send_response
 from monailabel.interfaces.exception import MONAILabelException
@@ -320,6 +321,32 @@ def build_router(app) -> APIRouter:
             return monai_label_download(limit_cases)
         except AssertionError as error:  # MONAI Label's way of saying "nothing to archive"
             raise HTTPException(status_code=404, detail=f"no dataset archive: {error}") from None
+
+    @router.put("/datastore/label/info", summary="Update a label's info")
+    @router.put("/datastore/updatelabelinfo", include_in_schema=False)
+    def put_label_info(label: str, tag: str, info: str = Form(None), params: str = Form(None)):
+        require_image(label)
+        if tag not in (datastore().get_labels_by_image_id(label) or {}):
+            raise HTTPException(status_code=404, detail=f"image {label!r} has no {tag!r} label")
+        values = parse_params_json(info if info is not None else params)
+        try:
+            return datastore().update_label_info(label, tag, values)
+        except Exception as error:
+            raise as_http_error(error) from None
+
+    @router.get("/proxy/dicom/{path:path}", include_in_schema=False)
+    @router.post("/proxy/dicom/{path:path}", include_in_schema=False)
+    async def proxy_dicom(request: Request, path: str):
+        """MONAI Label's DICOMweb proxy (for OHIF), only where the datastore is a DICOMweb server."""
+        from monailabel.endpoints.proxy import proxy_dicom as monai_label_proxy
+
+        if not isinstance(datastore(), DICOMWebDatastore):
+            raise HTTPException(status_code=404, detail="no DICOMweb server behind this MedAnomaly server: the "
+                                                        "datastore is a local folder")
+        op, _, rest = path.partition("/")
+        if op not in ("wado", "qido", "stow"):
+            op, rest = "", path
+        return await monai_label_proxy(request, op, rest)
 
     @router.get("/logs/gpu", summary="GPU information (nvidia-smi)")
     def gpu_info():

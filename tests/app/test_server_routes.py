@@ -106,6 +106,31 @@ def test_a_one_pixel_image_is_refused_with_the_reason(server, tmp_path):
     assert "dot" not in http_json(server["url"] + "/datastore/?output=all")["objects"]
 
 
+@pytest.mark.parametrize("method, path, status", [
+    ("get", "/proxy/dicom/qido/studies", 404),  # no DICOMweb server behind a folder datastore
+    ("post", "/proxy/dicom/stow/studies", 404),
+    ("put", "/datastore/updatelabelinfo?label=no-such-image&tag=final", 404),
+    ("put", f"/datastore/label/info?label={FILM_ID}&tag=final", 404),  # no final label yet
+    ("post", "/infer/wsi/ae", 404),
+    ("post", "/infer/wsi_v2/ae", 404),
+    ("post", "/batch/infer/no-such-model", 404),
+    ("put", "/model/ae", 405),
+    ("get", "/datastore/dataset", 404),  # nothing labelled to archive
+    ("get", "/model/no-such-model", 404),
+])
+def test_monai_label_routes_that_failed_answer_a_4xx(server, method, path, status):
+    """MONAI Label's own handlers answered 500 to these (some are hidden from the schema, so the fuzzer does not
+    reach them); the app wraps or overrides them."""
+    assert len(refusal(getattr(requests, method)(server["url"] + path, timeout=60), status)) > 10
+
+
+def test_the_published_checkpoint_is_served_by_monai_labels_model_route(server):
+    response = requests.get(server["url"] + "/model/ae", timeout=60)
+    assert response.status_code == 200
+    assert response.content == (server["root"] / "models" / "ae" / "model.pt").read_bytes()
+    assert http_json(server["url"] + "/model/info/ae")["checksum"].startswith("SHA256:")
+
+
 def test_schema_fuzzing_finds_no_server_error(server):
     """Schemathesis generates requests for every operation of /openapi.json (MONAI Label's and MedAnomaly's) from
     the schema: examples, boundary cases and random data, a bounded number per operation. No answer may be 5xx."""
