@@ -157,16 +157,21 @@ class AnomalyScene:
         heatmap = self.heatmap_node
         if heatmap is None:
             return
-        lut = colour_lut(colour_map, 256, transparent_below)
         colours = self.colour_node
+        table = f"{colour_map} {float(transparent_below):g}"
         if colours is None:
             colours = self.scene.AddNewNodeByClass("vtkMRMLColorTableNode", "MedAnomalyHeat")
             colours.SetTypeToUser()
             colours.SetHideFromEditors(True)
             self._reference(COLOURS_ROLE, colours)
-        colours.SetNumberOfColors(len(lut))
-        for index, (r, g, b, a) in enumerate(lut / 255.0):
-            colours.SetColor(index, f"heat{index}", r, g, b, a)
+        if colours.GetAttribute("MedAnomaly.table") != table:  # a new table only when the colours changed
+            lut = colour_lut(colour_map, 256, transparent_below)
+            modifying = colours.StartModify()  # one Modified event for the table, not one per colour
+            colours.SetNumberOfColors(len(lut))
+            for index, (r, g, b, a) in enumerate(lut / 255.0):
+                colours.SetColor(index, f"heat{index}", r, g, b, a)
+            colours.SetAttribute("MedAnomaly.table", table)
+            colours.EndModify(modifying)
         display = heatmap.GetDisplayNode()
         display.SetAndObserveColorNodeID(colours.GetID())
         display.SetAutoWindowLevel(False)

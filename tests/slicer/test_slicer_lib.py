@@ -251,6 +251,8 @@ def test_model_info_from_info_entry():
     model = ModelInfo.from_info("ae", entry)
     assert (model.kind, model.trained, model.options) == ("reconstruction", False, {"repeats": 4})
     assert model.summary() == "ae (reconstruction), not trained yet: conv autoencoder"
+    entry["medanomaly"].update(modalities=["CR", "DX"], body_parts=["CHEST"])
+    assert ModelInfo.from_info("ae", entry).summary().endswith("; modalities: CR, DX; body parts: CHEST")
 
 
 def test_unreachable_server_and_bad_urls_are_typed_errors():
