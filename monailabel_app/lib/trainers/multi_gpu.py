@@ -11,6 +11,7 @@ have is refused there (the route answers 400 with the reason) instead of failing
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -129,3 +130,4 @@ def train_with_torchrun(name: str, processes: int, train: list, val: list | None
     if process.returncode != 0:
         raise RuntimeError(f"{name}: distributed training failed (exit code {process.returncode}):\n"
                            + "\n".join(tail))
+    shutil.rmtree(folder / "images", ignore_errors=True)  # copies of DICOMweb series; the manifests stay as a record
