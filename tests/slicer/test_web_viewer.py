@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,3 +179,16 @@ def test_bad_input_shows_the_message_and_keeps_the_image(page, shots, tmp_path, 
                            "document.querySelector('#error').innerText.startsWith('Cannot reach')", timeout=60_000)
     page.screenshot(path=str(shots / "9-server-down.png"))
     assert page.locator("#compute").is_enabled()  # still connected to the last server, the film still loaded
+
+
+def test_next_image_from_the_datastore_is_scored_by_its_id(page, server):
+    page.fill("#server-url", server)  # one viewer for all pages: an earlier test may have left another URL
+    page.click("#connect")
+    wait_for_status(page, "Connected")
+    page.click("#next-image")
+    status = wait_for_status(page, "Next image: ")
+    image_id = status.split("Next image: ", 1)[1].split(" ")[0]
+    listing = requests.get(f"{server}/medanomaly/images", timeout=30).json()
+    assert image_id in listing["images"] and image_id not in listing["labelled"]
+    page.click("#compute")
+    assert wait_for_status(page, "Anomaly map of").startswith(f"Anomaly map of {image_id} by ae")
