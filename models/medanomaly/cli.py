@@ -1,4 +1,4 @@
-"""Command line: python -m medanomaly {list,manifests,train,evaluate,predict,score}.
+"""Command line: python -m medanomaly {list,manifests,train,evaluate,predict,score,zoo}.
 
 The last line `evaluate` prints is one JSON object, so scripts and benchmarks can parse it."""
 from __future__ import annotations
@@ -98,6 +98,19 @@ def _cmd_score(args) -> int:
     return 0
 
 
+def _cmd_zoo(args) -> int:
+    from . import list_models, zoo
+
+    out = Path(args.out) if args.out else zoo.DEFAULT_ZOO
+    if args.action == "build":
+        for name in args.names or list(zoo.RECIPES):
+            if name not in list_models():
+                raise SystemExit(f"unknown model {name!r}")
+            zoo.build(name, Path(args.data), out, Path(args.work) if args.work else zoo.DEFAULT_WORK)
+    print("cards saying why not shipped:", ", ".join(zoo.write_missing_cards(out)) or "none")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medanomaly", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--progress-every", type=int, default=50, help="a progress line every N images off a terminal")
     score.add_argument("--retry-errors", action="store_true", help="score again the images whose row has an error")
     score.set_defaults(run=_cmd_score)
+
+    zoo = sub.add_parser("zoo", help="build the shipped checkpoints and their model cards (resumes)")
+    zoo.add_argument("action", choices=["build", "cards"])
+    zoo.add_argument("names", nargs="*", help="models to build (default: every recipe, in order)")
+    zoo.add_argument("--data", default="../shared/data")
+    zoo.add_argument("--out", default=None, help="zoo folder (default: monailabel_app/zoo)")
+    zoo.add_argument("--work", default=None, help="training checkpoints and manifests (default: build/zoo)")
+    zoo.set_defaults(run=_cmd_zoo)
     return parser
 
 
