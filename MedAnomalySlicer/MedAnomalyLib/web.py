@@ -193,8 +193,8 @@ class WebViewer:
         """Refuse oversized volumes from the header, then load into the scene and show in the slice views."""
         voxels = image_voxels(path)
         if voxels > MAX_VOXELS:
-            raise MedAnomalyError(f"{Path(path).name} has {voxels / 1e6:.1f} M voxels: this viewer takes volumes up "
-                                  f"to {MAX_VOXELS / 1e6:.0f} M voxels (crop or downsample it, or use 3D Slicer)")
+            raise MedAnomalyError(f"{Path(path).name} has {voxels:,} voxels: this viewer takes volumes up to "
+                                  f"{MAX_VOXELS:,} voxels (crop or downsample it, or use 3D Slicer)")
         node = self.scene.load_image(path, name)
         self.sample_image_id = image_id
         self.scene.show_in_slice_views(self.state.opacity)

@@ -170,7 +170,7 @@ def test_bad_input_shows_the_message_and_keeps_the_image(page, shots, tmp_path, 
     page.set_input_files("#upload", str(tmp_path / "brats-too-large.nii.gz"))
     page.wait_for_function("document.querySelector('#error') && "
                            "document.querySelector('#error').innerText.includes('too-large')", timeout=120_000)
-    assert f"takes volumes up to {MAX_VOXELS / 1e6:.0f} M voxels" in page.inner_text("#error")
+    assert f"takes volumes up to {MAX_VOXELS:,} voxels" in page.inner_text("#error")
     page.screenshot(path=str(shots / "8-volume-too-large.png"))
 
     page.fill("#server-url", f"http://127.0.0.1:{free_port()}")
