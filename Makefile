@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 MODEL ?= ae
 DATA ?= ../shared/data
 
-.PHONY: venv test serve models orthanc chromium web bench clean-venv
+.PHONY: venv test serve weights orthanc chromium web bench clean-venv
 
 $(INSTALLED): requirements.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,21 +44,21 @@ web: $(INSTALLED)
 bench: $(INSTALLED)
 	$(PY) benchmarks/bench_model.py --model $(MODEL) --data $(DATA)
 
-# The server: a datastore folder filled from sample_data/ (which stays untouched), checkpoints from `make models`.
+# The server: a datastore folder filled from sample_data/ (which stays untouched); it trains nothing and serves the
+# shipped checkpoints of monailabel_app/zoo/ at once (models trained with POST /train go to MODEL_DIR and take
+# precedence). `make weights` rebuilds the shipped checkpoints and their cards by their recipes (long on a CPU).
 STUDIES ?= monailabel_app/studies
 MODEL_DIR ?= monailabel_app/model
-MODELS_MINUTES ?= 3
 HOST ?= 127.0.0.1
 PORT ?= 8000
 SERVER_ENV := PATH="$(abspath $(VENV))/bin:$$PATH" MONAILABEL_PYEXE="$(abspath $(PY))" \
 	MONAI_LABEL_AUTO_UPDATE_SCORING=false MONAI_LABEL_SESSIONS=false
 
-models: $(INSTALLED)
-	$(PY) monailabel_app/make_models.py --studies $(STUDIES) --model-dir $(MODEL_DIR) --minutes $(MODELS_MINUTES)
+weights: $(INSTALLED)
+	$(PY) -m medanomaly zoo build $(ZOO_MODELS) --data $(DATA)
 
 serve: $(INSTALLED)
-	@test -f $(MODEL_DIR)/ae/model.pt || $(MAKE) models
-	$(PY) monailabel_app/make_models.py --studies $(STUDIES) --fill-only
+	$(PY) monailabel_app/make_models.py --studies $(STUDIES)
 	$(SERVER_ENV) monailabel start_server --app monailabel_app --studies $(STUDIES) \
 		--host $(HOST) --port $(PORT) --conf model_dir $(abspath $(MODEL_DIR))
 
