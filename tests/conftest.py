@@ -11,6 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Shared test helpers (server process, ...) import by module name from any test folder.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))
 DATA = Path(os.environ.get("MEDANOMALY_DATA", ROOT.parent / "shared" / "data"))
+# Servers and model configs in tests start without the shipped checkpoints (monailabel_app/zoo), so that training
+# and "not trained yet" are tested from scratch; the zoo's tests name the folder (conf zoo_dir).
+os.environ.setdefault("MEDANOMALY_ZOO_DIR", "")
 
 
 @pytest.fixture(scope="session")
