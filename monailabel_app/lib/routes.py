@@ -311,6 +311,15 @@ def build_router(app) -> APIRouter:
         require_model(model)
         raise HTTPException(status_code=405, detail=f"checkpoints are published by training only: POST /train/{model}")
 
+    @router.delete("/model/{model}", summary="Set aside the checkpoint trained here (a shipped one is never removed)")
+    def delete_model(model: str):
+        from monailabel.endpoints.model import delete_model as monai_label_delete
+
+        if require_model(model).source() == "shipped":
+            raise HTTPException(status_code=409, detail=f"model {model} serves its shipped checkpoint, which is part "
+                                                        f"of the release and is not deleted")
+        return monai_label_delete(model)
+
     @router.get("/datastore/dataset", summary="Download the labelled dataset as a ZIP archive")
     def download_dataset(limit_cases: Optional[int] = None):
         from monailabel.endpoints.datastore import download_dataset as monai_label_download

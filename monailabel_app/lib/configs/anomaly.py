@@ -11,13 +11,15 @@ from pathlib import Path
 
 import medanomaly
 from medanomaly.atomic import atomic_destination
+from medanomaly.zoo import read_card
 from monailabel.interfaces.config import TaskConfig
 
 from .modalities import model_metadata
 
-PUBLISHED = "model.pt"  # the checkpoint the server serves
+PUBLISHED = "model.pt"  # the checkpoint a training on this server published; served before the shipped one
 IN_TRAINING = "training.pt"  # the checkpoint a running (or interrupted) training writes every epoch
 RECORD = "version.json"  # what the last published training was: version, date, figures
+ZOO = Path(__file__).resolve().parents[2] / "zoo"  # shipped checkpoints NAME.pt and their cards (read-only here)
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -42,6 +44,10 @@ class AnomalyTaskConfig(TaskConfig):
         super().init(name, model_dir, conf, planner, **kwargs)
         self.cls = medanomaly.model_class(name)
         self.folder = Path(model_dir) / name
+        # conf zoo_dir, else $MEDANOMALY_ZOO_DIR, else the app's zoo/; an empty value serves no shipped model
+        zoo = conf.get("zoo_dir", os.environ.get("MEDANOMALY_ZOO_DIR", str(ZOO)))
+        self.zoo = Path(zoo) if zoo else None
+        self.card = read_card(self.zoo, name) if self.zoo else None
         self.metadata = model_metadata(name, self.cls, conf)
         self._lock = threading.RLock()  # one prediction at a time per model: options are set on the model
         self._loaded = None
@@ -66,8 +72,22 @@ class AnomalyTaskConfig(TaskConfig):
         return self.metadata.body_parts
 
     @property
-    def checkpoint(self) -> Path:
+    def published(self) -> Path:
         return self.folder / PUBLISHED
+
+    @property
+    def shipped(self) -> Path | None:
+        return self.zoo / f"{self.name}.pt" if self.zoo else None
+
+    @property
+    def checkpoint(self) -> Path:
+        """What is served: a checkpoint trained here (POST /train) takes precedence over the shipped one."""
+        if self.published.is_file() or self.shipped is None or not self.shipped.is_file():
+            return self.published
+        return self.shipped
+
+    def source(self) -> str | None:
+        return None if not self.checkpoint.is_file() else "shipped" if self.checkpoint == self.shipped else "trained"
 
     @property
     def training_checkpoint(self) -> Path:
@@ -114,7 +134,7 @@ class AnomalyTaskConfig(TaskConfig):
     def publish(self, trained_checkpoint: Path, record: dict) -> None:
         """Make a finished training the served model in one atomic rename, then record its version."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        os.replace(trained_checkpoint, self.checkpoint)
+        os.replace(trained_checkpoint, self.published)  # the shipped file is never overwritten
         write_json_atomic(self.record_path, {**record, "published_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
     # ----- description -----
@@ -142,6 +162,9 @@ class AnomalyTaskConfig(TaskConfig):
             "thresholds": dict(model.thresholds) if model is not None else None,
             "calibration": model.calibration if model is not None else None,
             "published_at": record.get("published_at"),
+            "source": self.source(),  # "trained" here (POST /train), "shipped" (the zoo folder), or None
+            # the shipped model's card, without its regression subset (that is for tests)
+            "card": {k: v for k, v in self.card.items() if k != "regression_subset"} if self.card else None,
             **({"checkpoint_error": error} if error else {}),
         }
 
