@@ -341,9 +341,10 @@ class WebViewer:
                     v3.VBtn("Submit correction", click=self.submit, id="submit", block=True,
                             disabled=("busy || !has_result",))
                     with v3.VRow(dense=True, classes="mt-2"):
-                        v3.VTextField(v_model_number=("epochs",), label="Epochs", type="number", density="compact")
+                        v3.VTextField(v_model_number=("epochs",), label="Epochs", type="number", density="compact",
+                                      id="epochs")
                         v3.VTextField(v_model_number=("minutes",), label="Minutes", type="number",
-                                      density="compact")
+                                      density="compact", id="minutes")
                     v3.VBtn("Retrain", click=self.retrain, id="retrain", block=True,
                             disabled=("busy || !connected",))
                     v3.VProgressLinear(model_value=("progress",), indeterminate=("busy && !progress_known",),

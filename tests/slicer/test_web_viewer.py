@@ -192,3 +192,17 @@ def test_next_image_from_the_datastore_is_scored_by_its_id(page, server):
     assert image_id in listing["images"] and image_id not in listing["labelled"]
     page.click("#compute")
     assert wait_for_status(page, "Anomaly map of").startswith(f"Anomaly map of {image_id} by ae")
+
+
+def test_retrain_shows_progress_and_refreshes_the_model_card(page, server):
+    page.fill("#server-url", server)
+    page.click("#connect")
+    wait_for_status(page, "Connected")
+    version = re.search(r"Version (\S+)$", page.inner_text("#model-card")).group(1)
+    page.fill("#epochs", "1")
+    page.fill("#minutes", "2")
+    page.click("#retrain")
+    wait_for_status(page, "Training ae", timeout=120)
+    assert page.locator("#cancel").is_enabled()  # a running training can be cancelled from the page
+    wait_for_status(page, "Connected", timeout=600)  # done, then the model list is read again
+    assert re.search(r"Version (\S+)$", page.inner_text("#model-card")).group(1) != version
