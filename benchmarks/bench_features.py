@@ -172,7 +172,7 @@ def summary(report: dict) -> None:
         ("fit on all Kermany normals, minutes",
          (get("kermany/patchcore-chest fit on all normals", "fit_total_s") or 0) / 60 or None,
          TARGETS["fit_minutes"], "<="),
-        (f"fit on {get('kermany/patchcore-chest', 'images')} Kermany normals, minutes",
+        (f"fit on the {get('kermany/patchcore-chest', 'images') or ''} training normals, minutes",
          (get("kermany/patchcore-chest", "fit_total_s") or 0) / 60 or None, TARGETS["fit_minutes"], "<="),
         ("seconds per 224^2 film, patchcore-chest", get("kermany/patchcore-chest", "seconds_per_film"),
          TARGETS["film_seconds"], "<="),
