@@ -90,6 +90,10 @@ def test_save_label_then_train_uses_it_for_calibration(client, server):
     stats = info["train_stats"]["ae"]
     assert stats["status"] == "DONE" and stats["abnormals"] == 1 and stats["epochs"] == 1
     assert stats["model_version"] == served["model_version"]
+    # the train status says how far training got: steps done of the epoch and the epoch's estimated length
+    progress = stats["progress"]
+    assert progress["steps_done"] >= 1 and progress["step"] == progress["steps_per_epoch"]
+    assert progress["epoch_seconds_estimate"] > 0 and "s/step" in progress["line"]
     # one film with a lesion mask: thresholds come from Youden on it and the held-out normals
     assert stats["calibration"]["n_abnormal"] == 1
     assert "youden" in json.dumps(stats["calibration"]).lower()

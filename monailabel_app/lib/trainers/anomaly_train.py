@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 # Keys MONAI Label adds to a train request; everything else is model config (or `minutes`).
 REQUEST_KEYS = {"model", "local_rank", "bundle_path", "client_id", "enqueue", "run_sync"} | GPU_REQUEST_KEYS
 HOLD_OUT_EVERY = 5  # with abnormal images present, every 5th normal is kept for calibration
+PROGRESS_EVERY_SECONDS = 5.0
 
 
 def datastore_items(datastore: Datastore, accepts=None) -> list:
@@ -131,6 +132,19 @@ class AnomalyTrainTask(TrainTask):
             write_json_atomic(stats_path, {**base_stats, "epoch": record["epoch"], "loss": record["loss"],
                                            "total_time": time.time() - started})
 
+        last_progress = [0.0, {}]
+
+        def on_progress(progress):
+            # Steps done, time left in the budget and the epoch's estimated length, for /info/ and Slicer; written
+            # at most every few seconds so that a fast model does not spend its steps on status files.
+            now = time.time()
+            if now - last_progress[0] < PROGRESS_EVERY_SECONDS and progress.step != progress.steps_per_epoch:
+                return
+            last_progress[0] = now
+            last_progress[1] = {**progress.as_dict(), "line": progress.line()}
+            write_json_atomic(stats_path, {**base_stats, "epoch": progress.epoch, "loss": progress.loss,
+                                           "progress": last_progress[1], "total_time": now - started})
+
         processes = processes_for(request)
         try:
             if processes > 1:  # one process per GPU: the command line's DDP path under torchrun
@@ -139,7 +153,7 @@ class AnomalyTrainTask(TrainTask):
                 history = model.train_state["history"]
             else:
                 history = model.fit(train, val, checkpoint=checkpoint, minutes=minutes, progress=False,
-                                    on_epoch_end=on_epoch_end, **settings)
+                                    on_epoch_end=on_epoch_end, on_progress=on_progress, **settings)
         except Exception as error:
             write_json_atomic(stats_path, {**base_stats, "status": "ERROR", "error": str(error)})
             raise
@@ -149,7 +163,7 @@ class AnomalyTrainTask(TrainTask):
                   "normals": normals, "abnormals": abnormals, "train_images": len(train),
                   "total_time": time.time() - started, "config": settings, "minutes": minutes}
         self.model_config.publish(checkpoint, record)
-        write_json_atomic(stats_path, {**record, **base_stats, "status": "DONE",
+        write_json_atomic(stats_path, {**record, **base_stats, "status": "DONE", "progress": last_progress[1],
                                        "published_at": self.model_config.record().get("published_at")})
         print(f"[{name}] published {model.model_version}", flush=True)
         return {"model": name, "model_version": model.model_version, "epochs": len(history)}
