@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from .errors import MedAnomalyError, UnsupportedImageError
+from .seeding import seeded
 
 # Config keys of the loop; every model has them (merged into the base defaults).
 TRAINING_DEFAULTS = {
@@ -455,12 +456,13 @@ def _fit_by_gradient(model, items, checkpoint, started, minutes, progress, on_ep
             present = _all_ranks([0.0 if batch is None else 1.0], dist.ReduceOp.MIN if distributed else None)[0]
             loss_value = float("nan")
             if present:  # a batch only of items without samples (e.g. slices without brain) is skipped everywhere
-                torch.manual_seed(step_seed(seed, epoch, step, rank()))
-                np.random.seed(step_seed(seed, epoch, step, rank(), 1) % 2**32)
-                loss = loss_module(*[tensor.to(model.device) for tensor in batch])
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                # Noise, dropout and masks of this step drawn from a per-step seed: a resumed run takes exactly the
+                # steps of an uninterrupted one, and the caller's random state is left alone.
+                with seeded(step_seed(seed, epoch, step, rank())):
+                    loss = loss_module(*[tensor.to(model.device) for tensor in batch])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
                 loss_value = float(loss.detach())
                 partial["samples"] += len(batch[0])
             step += 1
