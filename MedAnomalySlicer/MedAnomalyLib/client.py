@@ -35,6 +35,8 @@ class ModelInfo:
     modalities: list = field(default_factory=list)
     body_parts: list = field(default_factory=list)
     model_version: str | None = None
+    source: str | None = None  # "shipped" (the server's model zoo), "trained" (POST /train) or None
+    card: dict = field(default_factory=dict)  # the shipped model's card: training data, figures, failure modes
     raw: dict = field(default_factory=dict)
 
     @classmethod
@@ -55,6 +57,8 @@ class ModelInfo:
             modalities=list(extra.get("modalities") or entry.get("modalities") or []),
             body_parts=list(extra.get("body_parts") or entry.get("body_parts") or []),
             model_version=extra.get("model_version"),
+            source=extra.get("source"),
+            card=dict(extra.get("card") or {}),
             raw=entry,
         )
 

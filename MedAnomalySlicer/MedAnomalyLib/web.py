@@ -134,9 +134,11 @@ class WebViewer:
         self.state.status = "Error"
 
     # --- actions (buttons) --------------------------------------------------------------------------------------
-    def connect(self) -> None:
-        self.parameters.server_url = self.state.server_url
-        self._run(lambda: self.workflow.connect(self.state.server_url))
+    def connect(self, server_url: str | None = None) -> None:
+        """`server_url` comes with the click: the field's state update may arrive after the click itself."""
+        url = (server_url or self.state.server_url or "").strip()
+        self.state.server_url = self.parameters.server_url = url
+        self._run(lambda: self.workflow.connect(url))
 
     def compute(self) -> None:
         node = self.scene.input_node
@@ -158,8 +160,13 @@ class WebViewer:
             return
         self._run(lambda: self.workflow.submit_correction(mask, tag=self.parameters.label_tag))
 
-    def retrain(self) -> None:
-        params = {"epochs": int(self.state.epochs), "minutes": float(self.state.minutes)}
+    def retrain(self, epochs=None, minutes=None) -> None:
+        try:
+            params = {"epochs": int(epochs if epochs is not None else self.state.epochs),
+                      "minutes": float(minutes if minutes is not None else self.state.minutes)}
+        except (TypeError, ValueError):
+            self.show_error("Epochs and minutes must be numbers.")
+            return
         self._run(lambda: self.workflow.retrain(self.state.model, params, poll_seconds=1.0))
 
     def next_image(self) -> None:
@@ -308,7 +315,7 @@ class WebViewer:
                     v3.VAlert(text=("error",), v_if=("error",), type="error", density="compact", id="error",
                               classes="mb-2", closable=True, click_close="error = ''")
                     v3.VTextField(v_model=("server_url",), label="Server URL", density="compact", id="server-url")
-                    v3.VBtn("Connect", click=self.connect, id="connect", block=True, disabled=("busy",))
+                    v3.VBtn("Connect", click=(self.connect, "[server_url]"), id="connect", block=True, disabled=("busy",))
                     v3.VSelect(v_model=("model",), items=("models",), label="Model", density="compact",
                                id="model", classes="mt-2", disabled=("!connected",))
                     html.Div("{{ model_card }}", id="model-card", classes="text-caption mb-2")
@@ -345,7 +352,7 @@ class WebViewer:
                                       id="epochs")
                         v3.VTextField(v_model_number=("minutes",), label="Minutes", type="number",
                                       density="compact", id="minutes")
-                    v3.VBtn("Retrain", click=self.retrain, id="retrain", block=True,
+                    v3.VBtn("Retrain", click=(self.retrain, "[epochs, minutes]"), id="retrain", block=True,
                             disabled=("busy || !connected",))
                     v3.VProgressLinear(model_value=("progress",), indeterminate=("busy && !progress_known",),
                                        active=("busy",), id="progress", classes="my-1")
@@ -366,6 +373,13 @@ def model_card(model: ModelInfo) -> str:
                            if isinstance(value, (int, float)))
     if thresholds:
         text += f". Thresholds: {thresholds}"
+    if model.card.get("summary"):
+        text += f". Card: {model.card['summary']}"
+    failure_modes = model.card.get("failure_modes") or []
+    if failure_modes:
+        text += f". Known weakness: {failure_modes[0]}"
+    if model.source:
+        text += f". Checkpoint: {model.source}"
     if model.model_version:
         text += f". Version {model.model_version}"
     return text

@@ -253,6 +253,13 @@ def test_model_info_from_info_entry():
     assert model.summary() == "ae (reconstruction), not trained yet: conv autoencoder"
     entry["medanomaly"].update(modalities=["CR", "DX"], body_parts=["CHEST"])
     assert ModelInfo.from_info("ae", entry).summary().endswith("; modalities: CR, DX; body parts: CHEST")
+    entry["medanomaly"].update(source="shipped", card={"summary": "kermany; image AUROC 0.917",
+                                                       "failure_modes": ["border lights up"]}, trained=True,
+                               model_version="ae-v1-0123")
+    from MedAnomalyLib.web import model_card
+    card = model_card(ModelInfo.from_info("ae", entry))
+    assert "Card: kermany; image AUROC 0.917. Known weakness: border lights up. Checkpoint: shipped" in card
+    assert card.endswith("Version ae-v1-0123")
 
 
 def test_unreachable_server_and_bad_urls_are_typed_errors():

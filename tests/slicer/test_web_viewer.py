@@ -52,6 +52,9 @@ def page(viewer):
     with chromium_page() as page:
         page.goto(viewer, timeout=120_000)
         page.wait_for_selector("#connect", timeout=120_000)
+        if page.locator("#error").count():  # one viewer serves every page: close a message an earlier test left
+            page.locator("#error button").first.click()
+            page.wait_for_selector("#error", state="detached", timeout=30_000)
         yield page
 
 
