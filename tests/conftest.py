@@ -28,3 +28,15 @@ def kermany_films(data_root) -> dict[str, list[Path]]:
     """A few real pediatric chest films of each class, in a fixed order."""
     folder = data_root / "kermany_cxr" / "train"
     return {label: sorted((folder / label).glob("*.jpeg"))[:12] for label in ("NORMAL", "PNEUMONIA")}
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks gain nothing from a second thread on a shared CPU; oversubscription costs a lot.
+    A module opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

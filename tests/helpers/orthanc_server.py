@@ -17,6 +17,8 @@ from pathlib import Path
 
 from monailabel_server import free_port, http_json
 
+from processes import stop_process
+
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
@@ -64,11 +66,7 @@ def running_orthanc(root: Path, timeout: float = 60.0):
                 time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
         log.close()
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 from monailabel_server import REPO, free_port
 
+from processes import stop_process
+
 CHROMIUM = os.environ.get("MEDANOMALY_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -56,12 +58,7 @@ def running_web_viewer(server_url: str, port: int | None = None, timeout: float 
                 time.sleep(1.0)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
         log.unlink(missing_ok=True)
 
 

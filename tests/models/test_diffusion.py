@@ -18,13 +18,7 @@ TINY = {"image_size": 32, "channels": [8, 16, 16], "norm_num_groups": 8, "num_he
         "fast": True, "fast_repeats": 1, "ddim_steps": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny network gains nothing from a second thread on a shared CPU; oversubscription costs a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

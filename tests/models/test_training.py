@@ -19,13 +19,7 @@ DDPM = {"mode": "patch", "patch_size": 96, "image_size": 32, "channels": [8, 16,
         "fast": True, "fast_repeats": 1, "ddim_steps": 2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from a second thread on a shared CPU; oversubscription costs a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

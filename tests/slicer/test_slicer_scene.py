@@ -4,7 +4,6 @@ Real films (the sample CR film, a Kermany film) and a BraTS volume go server -> 
 label, and their geometry (origin, spacing, direction) must come back unchanged."""
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,21 +18,8 @@ sys.path.insert(0, str(ROOT / "MedAnomalySlicer"))
 
 from MedAnomalyLib import AnomalyWorkflow, read_volume, threshold_mask  # noqa: E402
 from MedAnomalyLib.scene import SEGMENT_ID, AnomalyScene, prepare_bare_scene  # noqa: E402
-from monailabel_server import publish_quick_model, running_server  # noqa: E402
 
 SAMPLE_CR_FILM = ROOT / "sample_data" / "chest" / "pydicom-RG1_J2KI.dcm"
-SMOKE_AE = {"image_size": 32, "batch_size": 4, "channels": [4, 8, 8]}
-
-
-@pytest.fixture(scope="module")
-def server(kermany_films, tmp_path_factory):
-    studies = tmp_path_factory.mktemp("studies")
-    for path in kermany_films["NORMAL"][:3]:
-        shutil.copy(path, studies / path.name)
-    models = tmp_path_factory.mktemp("models")
-    publish_quick_model(models, kermany_films["NORMAL"][:4], "ae", epochs=1, **SMOKE_AE)
-    with running_server(studies, conf={"models": "ae", "model_dir": str(models)}) as url:
-        yield url
 
 
 @pytest.fixture()

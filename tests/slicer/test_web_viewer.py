@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -20,25 +19,13 @@ sys.path.insert(0, str(ROOT / "MedAnomalySlicer"))
 
 from MedAnomalyLib import MonaiLabelClient, read_volume  # noqa: E402
 from MedAnomalyLib.web import MAX_VOXELS  # noqa: E402
-from monailabel_server import free_port, publish_quick_model, running_server  # noqa: E402
+from monailabel_server import free_port  # noqa: E402
 from web_viewer_process import (chromium_available, chromium_page, running_web_viewer, view_pixels,  # noqa: E402
                                 wait_for_error, wait_for_status, wait_for_view_change)
 
 SAMPLE_CR_FILM = ROOT / "sample_data" / "chest" / "pydicom-RG1_J2KI.dcm"
-SMOKE_AE = {"image_size": 32, "batch_size": 4, "channels": [4, 8, 8]}
 
 pytestmark = pytest.mark.skipif(not chromium_available(), reason="Debian's chromium is missing: run `make chromium`")
-
-
-@pytest.fixture(scope="module")
-def server(kermany_films, tmp_path_factory):
-    studies = tmp_path_factory.mktemp("studies")
-    for path in kermany_films["NORMAL"][:3]:
-        shutil.copy(path, studies / path.name)
-    models = tmp_path_factory.mktemp("models")
-    publish_quick_model(models, kermany_films["NORMAL"][:4], "ae", epochs=1, **SMOKE_AE)
-    with running_server(studies, conf={"models": "ae", "model_dir": str(models)}) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
