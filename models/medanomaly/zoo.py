@@ -33,7 +33,7 @@ DEFAULT_WORK = REPO / "build" / "zoo"
 MAX_FILE_MB = 40
 MAX_TOTAL_MB = 100
 HALF_SCORE_RTOL = 1e-3  # half precision is kept only when no regression-subset score moves more than this
-SCORE_RTOL = 0.01  # the regression test's tolerance on each re-scored image (CPU arithmetic differs slightly)
+SCORE_RTOL = 2e-4  # the regression test's tolerance on each re-scored image (a rerun differs by ~1e-6 here)
 AUROC_TOL = 0.02  # and on the subset's AUROC
 
 DATASETS = {
@@ -64,8 +64,8 @@ class Recipe:
 
 RECIPES = {
     "ae": Recipe("kermany", {"epochs": 30, "num_workers": 0}, minutes=12, failure_modes=(
-        "Baseline only: on Kermany its image AUROC is below chance (pneumonia films are reconstructed as well as "
-        "normal ones; bright, high-contrast normal films score high).",
+        "Baseline only: on Kermany its image AUROC is near chance (pneumonia films are reconstructed about as well "
+        "as normal ones; bright, high-contrast normal films score high). Trained for a short CPU budget.",
         "The residual map follows edges (ribs, clavicles, film borders, text markers) rather than lesions.",
         "Paediatric films only: adult films, other body parts and other modalities are out of distribution.")),
     "padim-chest": Recipe("kermany", {"image_score": "mean"}, minutes=10, failure_modes=(
@@ -79,7 +79,7 @@ RECIPES = {
         "Texture not seen in normal films (burnt-in text, rulers, pacemakers) scores as high as disease.",
         "The map is coarse (one cell per 8 pixels of the 224 px square, smoothed): it points at a region, "
         "it does not outline a lesion.")),
-    "patchcore-mammo": Recipe("mini_mias", {}, minutes=15, calibrate_per_class=20, report_per_class=20,
+    "patchcore-mammo": Recipe("mini_mias", {}, minutes=15, calibrate_per_class=10, report_per_class=12,
                               subset_per_class=1, failure_modes=(
         "Research use only (mini-MIAS licence).",
         "Screen-film mammograms digitised at 200 um: digital mammograms (other contrast, processing) are out of "
@@ -108,6 +108,10 @@ NOT_SHIPPED = {  # registered models with no recipe: why, in the card and in /in
     "vae-vlb": "an out-of-distribution screen rather than an anomaly map: train it with POST /train/vae-vlb",
     "vae-uncertainty": "the healthy brains at hand (two IXI T1 volumes) are too few for a held-out figure: train it "
                        "with POST /train/vae-uncertainty on your own healthy brains",
+    "patchcore-chest": "measured below padim-chest on held-out Kermany patients (image AUROC 0.949 vs 0.956, "
+                       "benchmarks/bench_features.py, 600 training normals) and 3.5 times slower per film: build it "
+                       "with `python -m medanomaly zoo build patchcore-chest` or train it with POST "
+                       "/train/patchcore-chest",
     "patchcore-brain": "the only brains with tumour masks are BraTS (CC BY-NC-SA): train it with POST "
                        "/train/patchcore-brain on your own healthy brains",
 }
@@ -197,6 +201,7 @@ def train(name: str, recipe: Recipe, sets: dict, work: Path, log=print) -> Path:
     if checkpoint.exists():
         state = read_checkpoint(checkpoint)["train_state"]
         spent = sum(record.get("seconds", 0.0) for record in state.get("history", []))
+        spent += (state.get("partial") or {}).get("seconds", 0.0)  # an epoch stopped midway
         if state.get("finished") and (spent >= recipe.minutes * 60 - 30
                                       or state.get("epoch", 0) >= recipe.config.get("epochs", 1)):
             log(f"{name}: training already finished ({spent / 60:.1f} min)")
@@ -323,7 +328,10 @@ def render_markdown(card: dict) -> str:
     lines += ["## Training data", f"- {data['dataset']}: {data['what']}", f"- Licence: {data['licence']}",
               f"- {data['train_images']} training images; figures on {data['report']}, split by {data['unit']}", "",
               "## Recipe", f"- `{recipe['command']}`", f"- config: `{json.dumps(recipe['config'])}`",
-              f"- budget {recipe['budget_minutes']} min, seed {recipe['seed']}, built {card['built_at']}",
+              f"- budget {recipe['budget_minutes']} min, seed {recipe['seed']}, built {card['built_at']}; "
+              + (f"fitted in one pass over the training images in {recipe['train_seconds']:.0f} s"
+                 if recipe["fitting"] == "statistics" else f"{recipe['train_seconds']:.0f} s of training, "
+                 f"{recipe['epochs_completed']} complete epochs, {recipe['samples_seen']} samples"),
               f"- file `{card['file']}` ({card['size_mb']} MB, {card['precision']}), sha256 `{card['sha256']}`",
               f"- model version `{card['model_version']}`", "", "## Figures (held-out)"]
     lines += [f"- {key}: {value:.4g}" if isinstance(value, float) else f"- {key}: {value}"
@@ -354,7 +362,8 @@ def build(name: str, data_root: Path, out: Path, work_root: Path = DEFAULT_WORK,
     from .checkpoint import read_checkpoint
     from .data.manifest import read_manifest
 
-    history = read_checkpoint(checkpoint)["train_state"].get("history", [])
+    state = read_checkpoint(checkpoint)["train_state"]
+    history, partial = state.get("history", []), state.get("partial") or {}
     cls = model_class(name)
     dataset = DATASETS[recipe.dataset]
     card = {
@@ -366,8 +375,10 @@ def build(name: str, data_root: Path, out: Path, work_root: Path = DEFAULT_WORK,
                           "report": dataset["report"], "calibration_images": len(sets["calibration"])},
         "recipe": {"command": f"python -m medanomaly zoo build {name} --data ../shared/data",
                    "config": recipe.config, "budget_minutes": recipe.minutes, "seed": recipe.seed,
-                   "train_seconds": round(sum(r.get("seconds", 0.0) for r in history), 1),
-                   "epochs": len([r for r in history if r.get("complete", True)])},
+                   "train_seconds": round(sum(r.get("seconds", 0.0) for r in history) + partial.get("seconds", 0.0), 1),
+                   "epochs_completed": len([r for r in history if r.get("complete", True)]),
+                   "fitting": cls.fitting,  # "statistics": one pass over the training images
+                   "samples_seen": sum(r.get("samples", 0) for r in history) + partial.get("samples", 0)},
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "file": f"{name}.pt", "sha256": sha256_of(out / f"{name}.pt"), **stored,
         "model_version": measured["model_version"], "figures": measured["figures"],
@@ -387,12 +398,16 @@ def check_total_size(out: Path) -> None:
 
 
 def write_missing_cards(out: Path) -> list[str]:
-    """A 'not shipped' card for every registered model without a shipped file."""
+    """A 'not shipped' card for every registered model without a shipped file; the shipped cards' texts (failure
+    modes, summary, markdown) are rewritten from the recipes, their measured figures and hash untouched."""
     from . import list_models, model_class
 
     written = []
     for name in list_models():
         if (out / f"{name}.pt").exists():
+            card = read_card(out, name)
+            if card and card.get("shipped") and name in RECIPES:
+                write_card({**card, "failure_modes": list(RECIPES[name].failure_modes)}, out)
             continue
         cls = model_class(name)
         reason = NOT_SHIPPED.get(name) or (
