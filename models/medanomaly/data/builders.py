@@ -31,7 +31,7 @@ DICOM_SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 def default_data_root() -> Path:
     """$MEDANOMALY_DATA, else the `shared/data` folder beside the project root."""
     env = os.environ.get("MEDANOMALY_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 # ---------------------------------------------------------------------------------------------- helpers
