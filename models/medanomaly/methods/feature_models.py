@@ -31,6 +31,7 @@ from ..base import AnomalyModel, SliceScores, slices_of
 from ..errors import CheckpointError, UnsupportedImageError
 from ..nets.pretrained_encoder import PretrainedEncoder
 from ..inferers.patches import extract_patches, grid_corners, stitch_patches
+from ..modalities import CHEST, CHEST_FILM_MODALITIES
 from ..preprocess import foreground_mask, resize_keep_aspect, to_unit_range, undo_resize
 
 FEATURE_DEFAULTS = {
@@ -187,8 +188,11 @@ class FeatureAnomalyModel(AnomalyModel):
 
 
 class WholeFilmInput:
-    """A whole film: percentile clipping, resized keeping the aspect ratio and padded to image_size^2."""
+    """A whole chest film: percentile clipping, resized keeping the aspect ratio and padded to image_size^2."""
 
+    modalities = CHEST_FILM_MODALITIES
+    body_parts = CHEST
+    min_image_size = 32
     input_defaults = {"image_size": 224, "clip_percentiles": [0.5, 99.5], "image_score": "mean"}
     input_keys = ("image_size", "clip_percentiles")
     inference_keys = ("image_score",)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from ..modalities import CHEST, CHEST_FILM_MODALITIES
 from ..registry import register
 from .feature_models import FeatureAnomalyModel, FeatureStatistics, WholeFilmInput
 
@@ -79,9 +78,6 @@ class PaDiMChest(WholeFilmInput, PaDiMModel):
     description = ("PaDiM on a frozen ImageNet EfficientNet-Lite0: a Gaussian per position of the feature map of "
                    "whole chest films. Map: Mahalanobis distance, smoothed; score: its mean. Fitted on normal "
                    "films by statistics (minutes on a CPU).")
-    modalities = CHEST_FILM_MODALITIES
-    body_parts = CHEST
-    min_image_size = 32
     default_config = {**PaDiMModel.default_config, **WholeFilmInput.input_defaults}
     preprocessing_keys = PaDiMModel.preprocessing_keys + WholeFilmInput.input_keys + ("feature_dim",)
     smoke_config = {"image_size": 64, "feature_dim": 16}

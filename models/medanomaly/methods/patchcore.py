@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..brain import BrainSliceModel
-from ..modalities import BRAIN, BREAST, CHEST, CHEST_FILM_MODALITIES, VOLUME_MODALITIES
+from ..modalities import BRAIN, BREAST, VOLUME_MODALITIES
 from ..registry import register
 from .feature_models import (BrainFeatureInput, FeatureAnomalyModel, FeatureStatistics, TissueTileInput,
                              WholeFilmInput)
@@ -106,9 +106,6 @@ class PatchCoreChest(WholeFilmInput, PatchCoreModel):
     description = ("PatchCore on a frozen ImageNet EfficientNet-Lite0: nearest-neighbour distance of each patch's "
                    "features to a coreset of normal patches, whole chest film. Map: that distance, smoothed; "
                    "score: its mean. Fitted on normal films by statistics (minutes on a CPU).")
-    modalities = CHEST_FILM_MODALITIES
-    body_parts = CHEST
-    min_image_size = 32
     default_config = {**PatchCoreModel.default_config, **WholeFilmInput.input_defaults}
     preprocessing_keys = PatchCoreModel.preprocessing_keys + WholeFilmInput.input_keys
     smoke_config = {"image_size": 64, "coreset_size": 64, "coreset_candidates": 2000}
