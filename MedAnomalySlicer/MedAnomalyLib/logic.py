@@ -24,6 +24,7 @@ from .volume import Volume, read_volume, write_volume
 
 # Training log lines name the epoch ("epoch 3/10", "epoch 3 of 10" or "epoch 3: loss ...").
 _EPOCH = re.compile(r"epoch\D{0,3}(\d+)(?:\s*(?:/|of)\s*(\d+))?", re.IGNORECASE)
+_STEP = re.compile(r"epoch (\d+)/(\d+) step (\d+)/(\d+)")  # the server's per-step progress line
 
 
 @dataclass
@@ -324,8 +325,15 @@ class AnomalyWorkflow:
 
 
 def _training_fraction(status: dict, begun: float, minutes, epochs) -> float | None:
-    """Progress from the log's last epoch line, else from the time limit; None when nothing tells."""
-    matches = _EPOCH.findall(" ".join(str(line) for line in (status.get("details") or [])[-20:]))
+    """Progress from the log's last step line (epoch e/E step s/S), else its last epoch line, else the time limit;
+    None when nothing tells."""
+    log = " ".join(str(line) for line in (status.get("details") or [])[-20:])
+    steps = _STEP.findall(log)
+    if steps:
+        epoch, total, step, per_epoch = (int(value) for value in steps[-1])
+        if total > 0 and per_epoch > 0:
+            return min((epoch - 1 + step / per_epoch) / total, 0.99)
+    matches = _EPOCH.findall(log)
     if matches:
         current, total = matches[-1]
         total = int(total) if total else int(epochs or 0)

@@ -335,3 +335,20 @@ def test_workflow_refuses_steps_out_of_order_with_messages(fake_error_server):
         assert workflow.client is None and not workflow.busy  # a failed connect leaves the panel disconnected
     finally:
         workflow.cleanup()
+
+
+def test_training_fraction_follows_the_servers_per_step_progress_line():
+    """The server prints medanomaly's per-step progress line into the train log; the module turns it into a
+    fraction that moves within an epoch, not only between epochs."""
+    from MedAnomalyLib.logic import _training_fraction
+    from medanomaly.training import Progress
+
+    def status_after(epoch, step):
+        line = Progress(epoch=epoch, epochs=4, step=step, steps_per_epoch=10, steps_done=(epoch - 1) * 10 + step,
+                        loss=0.1, elapsed_seconds=30.0, budget_left_seconds=90.0, epoch_seconds_estimate=20.0,
+                        seconds_per_step=2.0).line()
+        return {"status": "RUNNING", "details": ["[ae] training on 8 image(s)", f"[ae] {line}"]}
+
+    early, later = (_training_fraction(status_after(2, step), time.monotonic(), None, 4) for step in (1, 9))
+    assert early == pytest.approx((1 + 0.1) / 4) and later == pytest.approx((1 + 0.9) / 4)
+    assert "min left" in status_after(2, 1)["details"][-1]

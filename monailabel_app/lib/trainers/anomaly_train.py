@@ -142,6 +142,7 @@ class AnomalyTrainTask(TrainTask):
                 return
             last_progress[0] = now
             last_progress[1] = {**progress.as_dict(), "line": progress.line()}
+            print(f"[{name}] {progress.line()}", flush=True)  # the train log Slicer follows
             write_json_atomic(stats_path, {**base_stats, "epoch": progress.epoch, "loss": progress.loss,
                                            "progress": last_progress[1], "total_time": now - started})
 
