@@ -6,11 +6,10 @@ import math
 import re
 from pathlib import Path
 
-import numpy as np
 from fastapi import HTTPException
 
 from medanomaly.errors import UnsupportedImageError
-from medanomaly.io import MedicalImage, read_image
+from medanomaly.io import MedicalImage, read_dicom_series, read_image
 
 # An image id is a plain name: a file stem in a local datastore, a UID from DICOMweb. No separators, no "..".
 IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -112,42 +111,12 @@ def load_image(path: str | Path) -> MedicalImage:
     path = Path(path)
     try:
         if path.is_dir():
-            return _read_dicom_folder(path)
+            return read_dicom_series(path)
         return read_image(path)
     except UnsupportedImageError as error:
         raise unprocessable(f"cannot use this image: {error}") from None
     except FileNotFoundError as error:
         raise HTTPException(status_code=404, detail=str(error)) from None
-
-
-def _read_dicom_folder(folder: Path) -> MedicalImage:
-    """A DICOMweb series folder: every file is read and checked by `medanomaly.io` (a truncated, colour or non-image
-    instance refuses the series), then the slices are stacked along the slice normal."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    if not files:
-        raise UnsupportedImageError(f"DICOM series folder {folder.name} is empty")
-    slices = [read_image(file) for file in files]
-    if len(slices) == 1:
-        return slices[0]
-    series = {image.meta.get("series_instance_uid") for image in slices}
-    shapes = {image.array.shape[-2:] for image in slices}
-    if len(series) > 1 or len(shapes) > 1:
-        raise UnsupportedImageError(f"DICOM folder {folder.name} mixes {len(series)} series and slice shapes "
-                                    f"{sorted(shapes)}: one series of equal slices is needed")
-    first = slices[0]
-    if len(first.origin) != 3:  # no patient position: keep the file order, 1 mm apart
-        array = np.stack([image.array.reshape(image.array.shape[-2:]) for image in slices])
-        return MedicalImage(array, meta={**first.meta, "number_of_files": len(files)})
-    normal = np.asarray(first.direction, dtype=float).reshape(3, 3)[:, 2]
-    slices.sort(key=lambda image: float(np.dot(image.origin, normal)))
-    steps = np.diff([float(np.dot(image.origin, normal)) for image in slices])
-    step = float(np.median(steps)) if len(steps) else 1.0
-    if step <= 0:
-        raise UnsupportedImageError(f"DICOM series {folder.name} has two slices at the same position")
-    array = np.stack([image.array.reshape(image.array.shape[-2:]) for image in slices])
-    spacing = (*slices[0].spacing[:2], step)
-    return MedicalImage(array, spacing=spacing, origin=slices[0].origin, direction=slices[0].direction,
-                        meta={**slices[0].meta, "number_of_files": len(files)})
 
 
 def check_image_size(image: MedicalImage, smallest: int, model: str) -> None:

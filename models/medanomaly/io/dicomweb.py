@@ -10,9 +10,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import MedAnomalyError, UnsupportedImageError
+from ..errors import MedAnomalyError
 from .image import MedicalImage
-from .reader import read_image
+from .dicom_series import read_dicom_series
 
 PAGE_SIZE = 500  # series per QIDO request
 STUDY_UID, SERIES_UID, MODALITY = "0020000D", "0020000E", "00080060"  # DICOM JSON tags
@@ -76,28 +76,6 @@ def read_series(ref: SeriesRef, url: str | None = None, client=None) -> MedicalI
         instances = client.iter_series(ref.study, ref.series, media_types=(("application/dicom", "*"),))
         for index, dataset in enumerate(instances):
             dataset.save_as(Path(folder) / f"{index:05d}.dcm", write_like_original=False)
-        image = read_dicom_folder(Path(folder))
+        image = read_dicom_series(folder)
     image.meta["source"] = f"dicomweb series {ref.series}"
     return image
-
-
-def read_dicom_folder(folder: Path) -> MedicalImage:
-    """One file: a film (or a multi-frame volume). Several: slices of one volume, ordered by position."""
-    files = sorted(path for path in Path(folder).iterdir() if path.is_file())
-    if not files:
-        raise UnsupportedImageError("the series holds no instance")
-    if len(files) == 1:
-        return read_image(files[0])
-    import SimpleITK as sitk
-
-    reader = sitk.ImageSeriesReader()
-    names = reader.GetGDCMSeriesFileNames(str(folder))
-    if not names:
-        raise UnsupportedImageError(f"the series' {len(files)} instances do not form a readable volume")
-    first = read_image(names[0])  # the reader's checks, and the modality and body part for the record
-    reader.SetFileNames(names)
-    try:
-        volume = reader.Execute()
-    except RuntimeError as error:
-        raise UnsupportedImageError(f"the series' slices do not form a volume: {str(error).splitlines()[-1]}") from None
-    return MedicalImage.from_sitk(volume, meta={**first.meta, "number_of_files": len(names)})
