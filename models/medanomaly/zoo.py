@@ -407,7 +407,9 @@ def write_missing_cards(out: Path) -> list[str]:
         if (out / f"{name}.pt").exists():
             card = read_card(out, name)
             if card and card.get("shipped") and name in RECIPES:
-                write_card({**card, "failure_modes": list(RECIPES[name].failure_modes)}, out)
+                recipe = {"fitting": model_class(name).fitting, "epochs_completed": card["recipe"].get("epochs"),
+                          "samples_seen": None, **card["recipe"]}
+                write_card({**card, "recipe": recipe, "failure_modes": list(RECIPES[name].failure_modes)}, out)
             continue
         cls = model_class(name)
         reason = NOT_SHIPPED.get(name) or (

@@ -1,0 +1,103 @@
+"""The shipped checkpoints (monailabel_app/zoo/): each loads, its file hash is the one its card states, the size
+limits hold, every registered model has a card (a shipped one, or one that says why not), and re-scoring the card's
+regression subset (a few fixed real images held out by patient) gives the card's scores and AUROC within the card's
+stated tolerance. Altered weights fail that check (shown on the ae baseline)."""
+from __future__ import annotations
+
+import json
+
+import medanomaly
+import numpy as np
+import pytest
+import torch
+from medanomaly import metrics, zoo
+from medanomaly.base import as_items
+from medanomaly.checkpoint import atomic_torch_save
+from medanomaly.data.manifest import Case
+
+ZOO = zoo.DEFAULT_ZOO
+CARDS = {path.name[: -len(".card.json")]: json.loads(path.read_text()) for path in sorted(ZOO.glob("*.card.json"))}
+SHIPPED = sorted(name for name, card in CARDS.items() if card["shipped"])
+
+
+def subset_scores(model, card, data_root) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    images = card["regression_subset"]["images"]
+    cases = [Case(image=data_root / entry["image"], label=int(entry["abnormal"]),
+                  slice=entry["slice"]) for entry in images]
+    scores = np.array([model.predict(item.image).score for item in as_items(cases)])
+    return scores, np.array([entry["score"] for entry in images]), [int(entry["abnormal"]) for entry in images]
+
+
+def test_the_baseline_and_the_chest_feature_model_ship():
+    assert "ae" in SHIPPED
+    assert {"padim-chest", "patchcore-chest"} & set(SHIPPED), "a chest feature model must ship"
+
+
+def test_every_registered_model_has_a_card_that_ships_or_says_why():
+    assert sorted(CARDS) == medanomaly.list_models()
+    for name, card in CARDS.items():
+        assert card["summary"] and card["description"] == medanomaly.model_class(name).description
+        if card["shipped"]:
+            assert (ZOO / f"{name}.pt").is_file() and (ZOO / card["picture"]).is_file()
+            assert (ZOO / f"{name}.card.md").read_text().count(card["sha256"]) == 1
+        else:
+            assert not (ZOO / f"{name}.pt").exists()
+            assert card["summary"].startswith("not shipped: ") and "POST /train" in card["reason"]
+
+
+def test_size_limits():
+    sizes = {path.name: path.stat().st_size / 2**20 for path in ZOO.glob("*.pt")}
+    assert sizes and max(sizes.values()) <= zoo.MAX_FILE_MB and sum(sizes.values()) <= zoo.MAX_TOTAL_MB, sizes
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_loads_and_matches_its_card(name):
+    card = CARDS[name]
+    path = ZOO / card["file"]
+    assert zoo.sha256_of(path) == card["sha256"]
+    model = medanomaly.load(path, device="cpu")
+    assert model.name == name and model.model_version == card["model_version"]
+    stored = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    floats = [v.dtype for v in stored.values() if torch.is_tensor(v) and v.is_floating_point()]
+    assert set(floats) == {torch.float16 if card["precision"] == "float16" else torch.float32}
+    assert model.thresholds["image"] == pytest.approx(card["figures"]["image_threshold"])
+    licence = card["training_data"]["licence"]
+    assert licence and ("research use only" in licence.lower()) == (card["training_data"]["dataset"] == "mini_mias")
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_rescoring_the_regression_subset_reproduces_the_card(name, data_root):
+    card = CARDS[name]
+    tolerance = card["regression_subset"]["tolerance"]
+    model = medanomaly.load(ZOO / card["file"], device="cpu")
+    scores, expected, labels = subset_scores(model, card, data_root)
+    np.testing.assert_allclose(scores, expected, rtol=tolerance["score_rtol"])
+    if card["regression_subset"]["image_auroc"] is not None:
+        assert metrics.image_auroc(labels, scores) == pytest.approx(card["regression_subset"]["image_auroc"],
+                                                                   abs=tolerance["auroc_abs"])
+
+
+def test_altered_weights_fail_the_regression_check(data_root):
+    """What the regression check is worth: the baseline with its weights nudged by 10 % no longer matches."""
+    card = CARDS["ae"]
+    model = medanomaly.load(ZOO / card["file"], device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.network.parameters():
+            parameter.mul_(1 + 0.1 * torch.randn(parameter.shape, generator=generator))
+    scores, expected, _ = subset_scores(model, card, data_root)
+    assert np.max(np.abs(scores - expected) / np.abs(expected)) > card["regression_subset"]["tolerance"]["score_rtol"]
+
+
+def test_half_precision_payload_keeps_the_scores_of_the_shipped_ae(tmp_path, data_root):
+    """The zoo's half-precision conversion: a float32 checkpoint halved scores as the card says (within tolerance)."""
+    card = CARDS["ae"]
+    model = medanomaly.load(ZOO / card["file"], device="cpu")
+    full = tmp_path / "full.pt"
+    model.save(full)  # the loaded weights, now float32
+    halved = zoo.shipped_payload(full, half=True)
+    assert all(v.dtype == torch.float16 for v in halved["state_dict"].values() if v.is_floating_point())
+    assert halved["train_state"]["optimizer"] is None
+    atomic_torch_save(halved, tmp_path / "half.pt")
+    scores, expected, _ = subset_scores(medanomaly.load(tmp_path / "half.pt", device="cpu"), card, data_root)
+    np.testing.assert_allclose(scores, expected, rtol=card["regression_subset"]["tolerance"]["score_rtol"])
