@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint import file_sha256
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_ZOO = REPO / "monailabel_app" / "zoo"
 DEFAULT_WORK = REPO / "build" / "zoo"
@@ -118,14 +120,6 @@ NOT_SHIPPED = {  # registered models with no recipe: why, in the card and in /in
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _order_key(case) -> str:
@@ -380,7 +374,7 @@ def build(name: str, data_root: Path, out: Path, work_root: Path = DEFAULT_WORK,
                    "fitting": cls.fitting,  # "statistics": one pass over the training images
                    "samples_seen": sum(r.get("samples", 0) for r in history) + partial.get("samples", 0)},
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "file": f"{name}.pt", "sha256": sha256_of(out / f"{name}.pt"), **stored,
+        "file": f"{name}.pt", "sha256": file_sha256(out / f"{name}.pt"), **stored,
         "model_version": measured["model_version"], "figures": measured["figures"],
         "regression_subset": measured["regression_subset"], "failure_modes": list(recipe.failure_modes),
         "picture": f"{name}.png", "build_seconds": round(time.time() - started, 1),

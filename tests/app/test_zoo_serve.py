@@ -28,10 +28,10 @@ def server(tmp_path_factory):
     subprocess.run([sys.executable, str(REPO / "monailabel_app" / "make_models.py"), "--studies", str(studies)],
                    check=True, timeout=300)
     assert not (root / "models").exists()  # nothing trained
-    before = {path.name: zoo.sha256_of(path) for path in zoo.DEFAULT_ZOO.glob("*.pt")}
+    before = {path.name: zoo.file_sha256(path) for path in zoo.DEFAULT_ZOO.glob("*.pt")}
     with running_server(studies, conf={"model_dir": root / "models", "zoo_dir": zoo.DEFAULT_ZOO}) as url:
         yield {"url": url, "studies": studies, "models": root / "models", "out": root / "out", "before": before}
-    assert before == {path.name: zoo.sha256_of(path) for path in zoo.DEFAULT_ZOO.glob("*.pt")}
+    assert before == {path.name: zoo.file_sha256(path) for path in zoo.DEFAULT_ZOO.glob("*.pt")}
 
 
 def test_info_marks_every_shipped_model_trained_with_its_card(server):

