@@ -42,12 +42,19 @@ def test_a_tiny_budget_stops_mid_epoch_within_one_step_and_resumes_to_the_same_w
     uninterrupted.fit(manifest, progress=False)
 
     reports = []
-    budget_minutes = 0.01  # 0.6 s: past after the first step or two of twelve (worker start-up included)
+
+    def report_slowly(report):
+        # Every step lasts at least 0.25 s, so a 0.6 s budget ends within the first epoch (6 steps) however fast
+        # the machine: the budget, not the epoch count, must stop this run.
+        reports.append(report)
+        time.sleep(0.25)
+
+    budget_minutes = 0.01  # 0.6 s: past after the first step or three of twelve (worker start-up included)
     checkpoint = tmp_path / f"{name}.pt"
     stopped = medanomaly.create(name, **config)
     started = time.perf_counter()
     history = stopped.fit(manifest, checkpoint=checkpoint, minutes=budget_minutes, progress=False,
-                          on_progress=reports.append)
+                          on_progress=report_slowly)
     assert reports, "no step was taken"
     # within one step: every step but the last began inside the budget, and the last one ended past it
     assert all(report.budget_left_seconds > 0 for report in reports[:-1])
