@@ -123,7 +123,8 @@ def train_with_torchrun(name: str, processes: int, train: list, val: list | None
     command = torchrun_command(name, processes, train_csv, val_csv, checkpoint, settings, minutes)
     print(f"[{name}] distributed training on {processes} GPUs: {' '.join(command)}", flush=True)
     tail: list[str] = []
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as process:
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8",
+                          errors="replace") as process:
         for line in process.stdout:
             print(line.rstrip(), flush=True)
             tail = (tail + [line.rstrip()])[-20:]
