@@ -79,8 +79,7 @@ def calibrate_thresholds(results, items, fpr: float, pixel_fpr: float, seed: int
         "map_display_range": [float(np.percentile(normal_pixels, 1)), float(np.percentile(normal_pixels, 99.9))],
     }
     thresholds = {"image": float(image["threshold"]), "pixel": float(pixel["threshold"])}
-    method = "youden" if image["method"] == "youden" else "normal-percentile"
-    calibration = {"method": method, "image": image, "pixel": pixel, "n_normal": n_normal, "n_abnormal": n_abnormal}
+    calibration = {"method": image["method"], "image": image, "pixel": pixel, "n_normal": n_normal, "n_abnormal": n_abnormal}
     return thresholds, calibration, stats
 
 

@@ -12,10 +12,11 @@ import torch
 
 
 @contextlib.contextmanager
-def seeded(seed: int):
-    """Within the block torch's global generators (CPU and every CUDA device) start from `seed`; after it they are
-    back where the caller left them."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+def seeded(seed: int, devices: list[int] | None = None):
+    """Within the block torch's global generators (CPU and the CUDA `devices`, by default every one) start from
+    `seed`; after it they are back where the caller left them."""
+    if devices is None:
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed))
         yield

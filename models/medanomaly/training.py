@@ -441,6 +441,9 @@ def _fit_by_gradient(model, items, checkpoint, started, minutes, progress, on_ep
         last_save = time.perf_counter()
 
     stopped = False
+    # each step forks only the RNG of this process's own GPU (every GPU's state each step would be wasted copies)
+    cuda = model.device.type == "cuda"
+    step_devices = [model.device.index if model.device.index is not None else torch.cuda.current_device()] if cuda else []
     for epoch in range(state["epoch"], epochs):
         start_step = state["step"] if state.get("partial") else 0
         partial = state.get("partial") or {"losses": [], "samples": 0, "seconds": 0.0}
@@ -458,7 +461,7 @@ def _fit_by_gradient(model, items, checkpoint, started, minutes, progress, on_ep
             if present:  # a batch only of items without samples (e.g. slices without brain) is skipped everywhere
                 # Noise, dropout and masks of this step drawn from a per-step seed: a resumed run takes exactly the
                 # steps of an uninterrupted one, and the caller's random state is left alone.
-                with seeded(step_seed(seed, epoch, step, rank())):
+                with seeded(step_seed(seed, epoch, step, rank()), devices=step_devices):
                     loss = loss_module(*[tensor.to(model.device) for tensor in batch])
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()

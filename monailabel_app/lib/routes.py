@@ -98,6 +98,8 @@ def as_http_error(error: Exception) -> HTTPException:
 def build_router(app) -> APIRouter:
     """`app` is the MedAnomaly MONAILabelApp (its model configs, result store, folders and limits)."""
     router = APIRouter()
+    # the smallest side any served model accepts: an upload under it can be scored by none of them
+    smallest_side = min(config.metadata.min_image_size for config in app.models.values())
 
     def datastore():
         return app_instance().datastore()
@@ -158,8 +160,7 @@ def build_router(app) -> APIRouter:
         check_image_id(image_id)
         uploaded = save_upload(file, app.upload_dir, app.max_upload_bytes)
         try:
-            check_image_size(load_image(uploaded), min(config.metadata.min_image_size for config in app.models.values()),
-                             "any served")
+            check_image_size(load_image(uploaded), smallest_side, "any served")
             return {"image": datastore().add_image(image_id, str(uploaded), save_params)}
         except Exception as error:
             raise as_http_error(error) from None

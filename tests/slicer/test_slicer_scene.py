@@ -144,6 +144,7 @@ def test_node_references_live_in_the_parameter_node(workflow, mrml, kermany_film
     assert again.parameter_node is scene.parameter_node
     assert again.input_node is node and again.heatmap_node is scene.heatmap_node
     assert again.segmentation_node.GetSegmentation().GetSegment(SEGMENT_ID) is not None
+    np.testing.assert_array_equal(again.edited_mask(), result.label.array)  # the same segment, not just one
     assert again.parameter("Model") == "ae" and again.parameter("ImageId") == result.image_id
     count = scene.scene.GetNumberOfNodes()
     scene.show_result(result)  # a second result reuses the module's nodes instead of piling up new ones

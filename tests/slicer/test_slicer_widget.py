@@ -19,7 +19,7 @@ sys.path.insert(0, str(MODULE_DIR))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import slicer_qt_shim  # noqa: E402
-from MedAnomalyLib import AnomalyMapResult, AnomalyWorkflow, ModelInfo, threshold_mask  # noqa: E402
+from MedAnomalyLib import AnomalyMapResult, AnomalyWorkflow, ModelInfo, read_volume, threshold_mask  # noqa: E402
 from MedAnomalyLib.scene import AnomalyScene, prepare_bare_scene  # noqa: E402
 
 SAMPLE_FILM = MODULE_DIR.parent / "sample_data" / "chest" / "kermany-pneumonia-person1000_bacteria_2931.jpeg"
@@ -113,7 +113,9 @@ def test_panel_drives_the_workflow_and_the_scene(panel):
     run_until_idle(widget)
     logic_scene = widget.logic.scene
     sent = workflow.sent_volumes[-1]
-    assert sent.same_grid(logic_scene.volume_from_node(film))  # the node's voxels and geometry went out
+    # the film's own voxels and geometry went out, as the library reads the file (not only node -> node)
+    from_file = read_volume(SAMPLE_FILM)
+    assert sent.same_grid(from_file) and np.array_equal(sent.array, from_file.array)
     assert logic_scene.heatmap_node is not None and logic_scene.input_node is film
     result = workflow.result
     np.testing.assert_array_equal(logic_scene.edited_mask(), result.label.array)

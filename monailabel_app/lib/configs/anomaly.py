@@ -87,7 +87,8 @@ class AnomalyTaskConfig(TaskConfig):
         return self.shipped
 
     def source(self) -> str | None:
-        return None if not self.checkpoint.is_file() else "shipped" if self.checkpoint == self.shipped else "trained"
+        path = self.checkpoint  # looked up once: it checks the model folder and the zoo on disk
+        return None if not path.is_file() else "shipped" if path == self.shipped else "trained"
 
     @property
     def training_checkpoint(self) -> Path:
