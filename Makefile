@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 MODEL ?= ae
 DATA ?= ../shared/data
+# Python reads and writes UTF-8 whatever the machine's locale (CI machines may run with an ASCII one).
+export PYTHONUTF8 := 1
 
 .PHONY: venv test serve weights orthanc chromium web bench clean-venv
 

@@ -168,7 +168,7 @@ def main() -> None:
         bench_nih(args, args.out, report)
     if "kermany" in args.datasets:
         bench_kermany(args, args.out, report)
-    (args.out / "results.json").write_text(json.dumps(report, indent=2))
+    (args.out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(f"total {time.perf_counter() - started:.0f} s; results and overlays in {args.out}")
     print(json.dumps(report, indent=2))
 

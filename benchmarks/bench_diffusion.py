@@ -243,7 +243,7 @@ def main():
               f"{out['seconds']:.2f} s/film")
         figures["kermany_auroc"] = k_auc
 
-    (work / "figures.json").write_text(json.dumps(figures, indent=2, default=float))
+    (work / "figures.json").write_text(json.dumps(figures, indent=2, default=float), encoding="utf-8")
     print(f"\ntotal wall time {(time.perf_counter() - begun) / 60:.1f} min; figures in {work / 'figures.json'}")
 
 

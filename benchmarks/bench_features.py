@@ -102,7 +102,7 @@ def bench_kermany(args, out: Path, report: dict) -> None:
         show(name, row)
     if args.fit_all_normals:
         normals = [Path(args.data) / "kermany_cxr" / line.split(",")[0]
-                   for line in (Path(args.data) / "kermany_cxr" / "labels.csv").read_text().splitlines()[1:]
+                   for line in (Path(args.data) / "kermany_cxr" / "labels.csv").read_text("utf-8").splitlines()[1:]
                    if line.split(",")[2] == "0"]
         items = as_items(normals)
         model, row = fit_and_time("patchcore-chest", items, items[:20], {}, out / "all_normals")
@@ -229,7 +229,7 @@ def main() -> None:
     parts = {"kermany": bench_kermany, "mias": bench_mias, "brats": bench_brats, "gcm": bench_gcm}
     for part in args.parts:
         parts[part](args, args.out, report)
-        (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str))
+        (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     summary(report)
     print(f"\ntotal {time.perf_counter() - started:.0f} s; results in {args.out / 'results.json'}")
 

@@ -42,7 +42,7 @@ def score(processes: int, checkpoint: Path, manifest: Path, out: Path, workers: 
                "--manifest", str(manifest), "--out", str(out), "--workers", str(workers), "--progress-every", "1000"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace")
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"scoring with {processes} process(es) failed:\n{done.stderr[-3000:]}")
@@ -69,13 +69,13 @@ def main() -> None:
             medanomaly.create("ae", epochs=1, batch_size=8).fit([str(f) for f in normals[:16]], checkpoint=checkpoint,
                                                                 progress=False)
         manifest = work / "films.csv"
-        manifest.write_text("image\n" + "".join(f"{film}\n" for film in films))
+        manifest.write_text("image\n" + "".join(f"{film}\n" for film in films), encoding="utf-8")
 
         # Every run uses all cores: one process with all its threads, N processes with an equal share each.
         one = score(1, checkpoint, manifest, work / "one", args.workers, cores)
         many = score(args.processes, checkpoint, manifest, work / "many", args.workers,
                      max(1, cores // args.processes))
-        same_csv = (work / "one" / "scores.csv").read_text() == (work / "many" / "scores.csv").read_text()
+        same_csv = (work / "one" / "scores.csv").read_bytes() == (work / "many" / "scores.csv").read_bytes()
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {cores} cores"
     ratio = many["images_per_second"] / one["images_per_second"]

@@ -38,7 +38,7 @@ def write_manifests(data: Path, out: Path) -> dict:
     from medanomaly.data import write_manifest
 
     root = data.resolve() / "kermany_cxr"
-    with open(root / "labels.csv", newline="") as handle:
+    with open(root / "labels.csv", newline="", encoding="utf-8") as handle:
         rows = [{"image": root / r["path"], "label": int(r["label"])} for r in csv.DictReader(handle)
                 if r["split"] == "train"]
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +85,7 @@ def measure_memory(manifests: dict, out: Path, steps: int) -> dict:
         for name in ("films", "films_x10"):
             command = [sys.executable, __file__, "--child", model, str(manifests[name]), str(manifests["val"]),
                        str(steps), str(out)]
-            result = subprocess.run(command, capture_output=True, text=True, check=True)
+            result = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", check=True)
             figure = json.loads(result.stdout.strip().splitlines()[-1])
             figure["in_memory_loop_dataset_mb"] = round(in_memory_dataset_mb(model, manifests[name]))
             figures[f"{model}/{name}"] = figure

@@ -67,8 +67,9 @@ def per_class(cases, count: int, seed: int = 0) -> list:
 
 
 def lung_check(data: Path, out: Path, count: int) -> dict:
-    kermany = [r for r in csv.DictReader(open(data / "kermany_cxr" / "labels.csv")) if r["label"] == "0"]
-    nih = list(csv.DictReader(open(data / "nih_cxr14" / "labels.csv")))
+    kermany = [r for r in csv.DictReader(open(data / "kermany_cxr" / "labels.csv", encoding="utf-8"))
+               if r["label"] == "0"]
+    nih = list(csv.DictReader(open(data / "nih_cxr14" / "labels.csv", encoding="utf-8")))
     films = {
         "kermany": [data / "kermany_cxr" / r["path"] for r in sample(kermany, count, seed=1)],
         "nih": [data / "nih_cxr14" / "images_512" / r["Image Index"] for r in sample(nih, count, seed=1)],

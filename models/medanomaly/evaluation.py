@@ -45,7 +45,7 @@ def evaluate(model, manifest, out_dir: str | Path | None = None, n_overlays: int
         if len(set(labels)) == 2:
             save_roc(out_dir / "roc_image.png", labels, scores, f"{model.name}: image level")
         _write_overlays(model, items, labels, scores, out_dir, n_overlays)
-        (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
 
 

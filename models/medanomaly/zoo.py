@@ -148,7 +148,7 @@ def _write_json(path: Path, payload: dict) -> None:
     from .atomic import atomic_destination
 
     with atomic_destination(path) as temporary:
-        Path(temporary).write_text(json.dumps(payload, indent=2, default=_plain) + "\n")
+        Path(temporary).write_text(json.dumps(payload, indent=2, default=_plain) + "\n", encoding="utf-8")
 
 
 def _plain(value):
@@ -311,7 +311,7 @@ def write_card(card: dict, out: Path) -> None:
     from .atomic import atomic_destination
 
     with atomic_destination(out / f"{card['name']}.card.md") as temporary:
-        Path(temporary).write_text(render_markdown(card))
+        Path(temporary).write_text(render_markdown(card), encoding="utf-8")
 
 
 def render_markdown(card: dict) -> str:
@@ -418,6 +418,6 @@ def write_missing_cards(out: Path) -> list[str]:
 
 def read_card(folder: Path, name: str) -> dict | None:
     try:
-        return json.loads((Path(folder) / f"{name}.card.json").read_text())
+        return json.loads((Path(folder) / f"{name}.card.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None

@@ -32,7 +32,7 @@ class AtomicLocalDatastore(LocalDatastore):
             self._ignore_event_config = True
             payload = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
             with atomic_destination(self._datastore_config_path) as temporary:
-                temporary.write_text(payload)
+                temporary.write_text(payload, encoding="utf-8")
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
 
         if lock:

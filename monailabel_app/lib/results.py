@@ -52,7 +52,7 @@ class ResultStore:
         staging = self.folder / f".{result_id}.partial"
         staging.mkdir()
         try:
-            (staging / GEOMETRY).write_text(json.dumps(geometry))
+            (staging / GEOMETRY).write_text(json.dumps(geometry), encoding="utf-8")
             for name, array in maps.items():
                 np.save(staging / f"{name}.npy", np.asarray(array, dtype=np.float32))
             staging.rename(self.folder / result_id)  # a result appears whole or not at all
@@ -84,7 +84,7 @@ class ResultStore:
             if not nrrd.is_file():
                 if not raw.is_file():
                     return None
-                geometry = json.loads((folder / GEOMETRY).read_text())
+                geometry = json.loads((folder / GEOMETRY).read_text(encoding="utf-8"))
                 array = np.load(raw)
                 write_image(MedicalImage(array, **geometry), nrrd, array)  # atomic
         return nrrd

@@ -69,12 +69,12 @@ def test_other_bad_settings_name_the_key(server, settings, words):
 def test_monai_label_delete_route_refuses_a_traversal_id(server):
     """MONAI Label's own DELETE /datastore/?id= reached LocalDatastore.remove_image and answered 500."""
     outside = server["root"] / "outside.txt"
-    outside.write_text("must stay")
+    outside.write_text("must stay", encoding="utf-8")
     for path in ("/datastore/?id=../../etc/passwd", f"/datastore/?id=../{outside.name}",
                  "/datastore/image?id=..%2F..%2Fetc%2Fpasswd"):
         detail = refusal(requests.delete(server["url"] + path, timeout=60), 400)
         assert "invalid image id" in detail
-    assert outside.read_text() == "must stay"
+    assert outside.read_text(encoding="utf-8") == "must stay"
     assert refusal(requests.delete(server["url"] + "/datastore/?id=no-such-image", timeout=60), 404)
 
 

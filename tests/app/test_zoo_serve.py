@@ -40,7 +40,7 @@ def test_info_marks_every_shipped_model_trained_with_its_card(server):
     assert "ae" in shipped
     for name in medanomaly.list_models():
         served = models[name]["medanomaly"]
-        card = json.loads((zoo.DEFAULT_ZOO / f"{name}.card.json").read_text())
+        card = json.loads((zoo.DEFAULT_ZOO / f"{name}.card.json").read_text(encoding="utf-8"))
         assert served["card"]["summary"] == card["summary"] and "regression_subset" not in served["card"]
         if name in shipped:
             assert served["trained"] and served["source"] == "shipped"
@@ -56,7 +56,7 @@ def test_shipped_baseline_scores_the_sample_cr_dicom(server):
     labelmap = read_image(label_file)
     film = read_image(server["studies"] / f"{CR_DICOM}.dcm")
     assert labelmap.shape == film.shape and set(np.unique(labelmap.array)) <= {0.0, 1.0}
-    card = json.loads((zoo.DEFAULT_ZOO / "ae.card.json").read_text())
+    card = json.loads((zoo.DEFAULT_ZOO / "ae.card.json").read_text(encoding="utf-8"))
     assert result["model_version"] == card["model_version"]
     assert result["image_threshold"] == pytest.approx(card["figures"]["image_threshold"])
 

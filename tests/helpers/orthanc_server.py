@@ -49,7 +49,7 @@ def running_orthanc(root: Path, timeout: float = 60.0):
         "AuthenticationEnabled": False, "Plugins": [str(PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
-    (root / "orthanc.json").write_text(json.dumps(config))
+    (root / "orthanc.json").write_text(json.dumps(config), encoding="utf-8")
     log = open(root / "orthanc.log", "wb")
     process = subprocess.Popen([ORTHANC, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT,
                                stdin=subprocess.DEVNULL, start_new_session=True)
@@ -62,7 +62,8 @@ def running_orthanc(root: Path, timeout: float = 60.0):
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Orthanc did not start:\n{(root / 'orthanc.log').read_text()[-3000:]}")
+                    log = (root / 'orthanc.log').read_text(encoding='utf-8', errors='replace')
+                    raise RuntimeError(f"Orthanc did not start:\n{log[-3000:]}")
                 time.sleep(0.5)
         yield url
     finally:

@@ -9,8 +9,8 @@ from medanomaly.io import read_image
 
 
 def run_cli(*args, cwd=None):
-    done = subprocess.run([sys.executable, "-m", "medanomaly", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "medanomaly", *map(str, args)], capture_output=True,
+                          encoding="utf-8", errors="replace", cwd=cwd, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout.strip().splitlines()
 
@@ -45,6 +45,7 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     empty = tmp_path / "empty.dcm"
     empty.write_bytes(b"")
     done = subprocess.run([sys.executable, "-m", "medanomaly", "predict", "--checkpoint", tmp_path / "none.pt",
-                           empty, "--out", tmp_path / "map.nrrd"], capture_output=True, text=True)
+                           empty, "--out", tmp_path / "map.nrrd"], capture_output=True,
+                          encoding="utf-8", errors="replace")
     assert done.returncode == 2
     assert "checkpoint not found" in done.stderr and "Traceback" not in done.stderr

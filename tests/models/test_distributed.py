@@ -42,7 +42,8 @@ def environment() -> dict:
 
 
 def run(command):
-    result = subprocess.run(command, capture_output=True, text=True, env=environment(), timeout=600)
+    result = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", env=environment(),
+                            timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

@@ -60,7 +60,7 @@ def test_round_trip(tmp_path):
         Case(image=image, label=0),
     ]
     path = write_manifest(cases, tmp_path / "sub" / "m.csv")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     assert str(tmp_path) not in text  # paths are relative to the CSV
     assert not list(path.parent.glob(".*tmp"))  # the temporary file was renamed away
     back = read_manifest(path)
@@ -92,7 +92,7 @@ def test_is_abnormal(label, abnormal):
 
 
 def _write_csv(path: Path, header: str, *rows: str) -> Path:
-    path.write_text("\n".join((header,) + rows) + "\n")
+    path.write_text("\n".join((header,) + rows) + "\n", encoding="utf-8")
     return path
 
 
@@ -196,7 +196,7 @@ def test_mini_mias(built):
     assert sum(c.is_abnormal for c in held_out) > 20
     assert all(not c.circles for c in held_out if not c.is_abnormal)
 
-    annotations = list(csv.DictReader(open(DATA / "mini_mias" / "annotations.csv")))
+    annotations = list(csv.DictReader(open(DATA / "mini_mias" / "annotations.csv", encoding="utf-8")))
     by_ref = {a["refnum"]: a for a in annotations}
     with_circle = [c for c in held_out if c.circles]
     for case in with_circle[:3]:

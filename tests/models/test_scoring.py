@@ -42,8 +42,8 @@ def one_thread():
 def run_cli(args: list[str], launcher: list[str] | None = None, **popen) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     command = [sys.executable] + (launcher or []) + ["-m", "medanomaly", "score"] + args
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **popen)
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            encoding="utf-8", errors="replace", **popen)
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def archive(tmp_path_factory, data_root) -> Path:
     (folder / "ward-b").mkdir()
     data = films[0].read_bytes()
     (folder / "ward-b" / "cut-short.jpeg").write_bytes(data[: len(data) // 3])
-    (folder / "notes.txt").write_text("not an image, not listed")
+    (folder / "notes.txt").write_text("not an image, not listed", encoding="utf-8")
     return folder
 
 
@@ -112,7 +112,7 @@ def test_two_processes_under_torchrun_write_the_same_csv(reference, checkpoint, 
     assert process.returncode == 0, stderr[-3000:]
     assert "[rank 1/2]" in stderr  # both ranks worked and reported progress
     assert '"processes": 2' in stdout.strip().splitlines()[-1]
-    assert (out / "scores.csv").read_text() == reference.read_text()
+    assert (out / "scores.csv").read_text(encoding="utf-8") == reference.read_text(encoding="utf-8")
     assert not (out / ".parts").exists()
 
 
@@ -122,7 +122,7 @@ def test_a_killed_run_resumes_where_it_stopped(reference, checkpoint, archive, t
     process = run_cli(["--checkpoint", str(checkpoint), "--folder", str(archive), "--out", str(out),
                        "--workers", "0"], start_new_session=True)
     deadline = time.monotonic() + 300
-    while not (part.exists() and part.read_text().count("\n") >= 3):  # the header and two rows
+    while not (part.exists() and part.read_text(encoding="utf-8").count("\n") >= 3):  # the header and two rows
         assert process.poll() is None, f"the run ended before it could be killed: {process.stderr.read()[-2000:]}"
         assert time.monotonic() < deadline, "no row was written within 5 minutes"
         time.sleep(0.02)
@@ -156,7 +156,7 @@ def test_manifest_paths_are_relative_to_the_csv_and_a_missing_file_is_an_error_r
     manifest.parent.mkdir()
     lines = ["image,label"] + [f"{os.path.relpath(film, manifest.parent)},0" for film in films]
     lines.append("../gone/missing.jpeg,1")
-    manifest.write_text("\n".join(lines) + "\n")
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with one_thread():
         summary = score_archive(checkpoint, ManifestSource(manifest), tmp_path / "out", workers=1)
     rows = rows_of(tmp_path / "out" / "scores.csv")

@@ -16,7 +16,8 @@ from medanomaly.checkpoint import atomic_torch_save
 from medanomaly.data.manifest import Case
 
 ZOO = zoo.DEFAULT_ZOO
-CARDS = {path.name[: -len(".card.json")]: json.loads(path.read_text()) for path in sorted(ZOO.glob("*.card.json"))}
+CARDS = {path.name[: -len(".card.json")]: json.loads(path.read_text(encoding="utf-8"))
+         for path in sorted(ZOO.glob("*.card.json"))}
 SHIPPED = sorted(name for name, card in CARDS.items() if card["shipped"])
 
 
@@ -39,7 +40,7 @@ def test_every_registered_model_has_a_card_that_ships_or_says_why():
         assert card["summary"] and card["description"] == medanomaly.model_class(name).description
         if card["shipped"]:
             assert (ZOO / f"{name}.pt").is_file() and (ZOO / card["picture"]).is_file()
-            assert (ZOO / f"{name}.card.md").read_text().count(card["sha256"]) == 1
+            assert (ZOO / f"{name}.card.md").read_text(encoding="utf-8").count(card["sha256"]) == 1
         else:
             assert not (ZOO / f"{name}.pt").exists()
             assert card["summary"].startswith("not shipped: ") and "POST /train" in card["reason"]

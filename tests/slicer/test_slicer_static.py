@@ -38,7 +38,7 @@ def test_ui_is_qt_designer_xml_with_a_widget_tree():
 
 
 def test_every_widget_the_module_uses_exists_in_the_ui():
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text()))
+    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_FILE.read_text(encoding="utf-8")))
     widgets = ui_widgets()
     assert used, "the module uses no widget of its .ui file"
     assert used <= set(widgets), f"missing in the .ui: {sorted(used - set(widgets))}"
@@ -51,7 +51,7 @@ def test_every_widget_the_module_uses_exists_in_the_ui():
 
 def test_module_file_compiles_and_has_the_scripted_module_classes(tmp_path):
     py_compile.compile(str(MODULE_FILE), cfile=str(tmp_path / "MedAnomaly.pyc"), doraise=True)
-    tree = ast.parse(MODULE_FILE.read_text())
+    tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     bases = {node.name: [ast.unparse(base) for base in node.bases] for node in tree.body
              if isinstance(node, ast.ClassDef)}
     assert bases["MedAnomaly"] == ["ScriptedLoadableModule"]
@@ -65,12 +65,13 @@ def test_library_imports_without_slicer_or_qt():
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
             "('slicer', 'qt', 'ctk', 'vtk', 'PyQt5', 'PySide2', 'monailabel', 'medanomaly')); "
             "print(bad); sys.exit(1 if bad else 0)")
-    answer = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR)], capture_output=True, text=True, timeout=60)
+    answer = subprocess.run([sys.executable, "-c", code, str(MODULE_DIR)], capture_output=True,
+                            encoding="utf-8", errors="replace", timeout=60)
     assert answer.returncode == 0, answer.stdout + answer.stderr
 
 
 def test_scene_logic_imports_only_mrml_and_the_library():
-    tree = ast.parse((MODULE_DIR / "MedAnomalyLib" / "scene.py").read_text())
+    tree = ast.parse((MODULE_DIR / "MedAnomalyLib" / "scene.py").read_text(encoding="utf-8"))
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
@@ -80,7 +81,7 @@ def test_scene_logic_imports_only_mrml_and_the_library():
 
 def run_cmake_check(source_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["cmake", f"-DSOURCE_DIR={source_dir}", "-P", str(CMAKE_CHECK)], capture_output=True,
-                          text=True, timeout=60, cwd=source_dir)
+                          encoding="utf-8", errors="replace", timeout=60, cwd=source_dir)
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +104,10 @@ def test_cmake_check_catches_missing_files_and_metadata(cmake, tmp_path):
     assert run_cmake_check(copy).returncode == 0
 
     (copy / "MedAnomalySlicer" / "Resources" / "Icons" / "MedAnomaly.png").unlink()
-    (copy / "MedAnomalySlicer" / "MedAnomalyLib" / "unlisted.py").write_text("")
+    (copy / "MedAnomalySlicer" / "MedAnomalyLib" / "unlisted.py").write_text("", encoding="utf-8")
     root_cmake = copy / "CMakeLists.txt"
     root_cmake.write_text(re.sub(r'set\(EXTENSION_CATEGORY "[^"]*"\)', 'set(EXTENSION_CATEGORY "")',
-                                 root_cmake.read_text()))
+                                 root_cmake.read_text(encoding="utf-8")))
     answer = run_cmake_check(copy)
     report = answer.stdout + answer.stderr
     assert answer.returncode != 0

@@ -145,7 +145,7 @@ def test_bad_input_shows_the_message_and_keeps_the_image(page, shots, tmp_path, 
     page.screenshot(path=str(shots / "7-server-refusal.png"))
 
     notes = tmp_path / "notes.txt"
-    notes.write_text("an ordinary text file, not an image\n")
+    notes.write_text("an ordinary text file, not an image\n", encoding="utf-8")
     page.set_input_files("#upload", str(notes))
     page.wait_for_function("document.querySelector('#error') && "
                            "document.querySelector('#error').innerText.includes('notes.txt')", timeout=60_000)

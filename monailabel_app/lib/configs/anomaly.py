@@ -25,12 +25,12 @@ ZOO = Path(__file__).resolve().parents[2] / "zoo"  # shipped checkpoints NAME.pt
 def write_json_atomic(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_destination(path) as temporary:
-        temporary.write_text(json.dumps(payload, indent=2, default=str))
+        temporary.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
 
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
 
