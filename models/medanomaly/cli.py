@@ -111,6 +111,15 @@ def _cmd_zoo(args) -> int:
     return 0
 
 
+def _cmd_reproduce(args) -> int:
+    from .reproduce import reproduce
+
+    out = Path(args.out) if args.out else Path("reports") / args.paper
+    print(reproduce(args.paper, Path(args.data), out, args.budget, Path(args.work) if args.work else None,
+                    args.device, args.seed))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medanomaly", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--out", default=None, help="zoo folder (default: monailabel_app/zoo)")
     zoo.add_argument("--work", default=None, help="training checkpoints and manifests (default: build/zoo)")
     zoo.set_defaults(run=_cmd_zoo)
+
+    from .reproduce import BUDGETS, PAPERS
+
+    paper = sub.add_parser("reproduce", help="one paper's protocol: its tables and figures beside ours, and deviations")
+    paper.add_argument("paper", choices=list(PAPERS))
+    paper.add_argument("--data", default="../shared/data")
+    paper.add_argument("--out", help="report folder (default: reports/PAPER)")
+    paper.add_argument("--budget", choices=BUDGETS, default="quick",
+                       help="smoke: seconds; quick: at most 20 min on a 2-core CPU; full: the paper's protocol")
+    paper.add_argument("--work", help="cached trainings (default: build/reproduce/PAPER/BUDGET)")
+    paper.add_argument("--device")
+    paper.add_argument("--seed", type=int, default=0)
+    paper.set_defaults(run=_cmd_reproduce)
     return parser
 
 
