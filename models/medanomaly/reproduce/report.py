@@ -39,6 +39,14 @@ def _format(value, digits: int = 3) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{os.cpu_count()} CPU cores"
+
+
 def _plain(value):
     if isinstance(value, Versus):
         return {"ours": _plain(value.ours), "paper": _plain(value.paper)}
@@ -78,6 +86,7 @@ class Report:
     sections: list = field(default_factory=list)
     deviations: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
+    cpu_started: float = field(default_factory=time.process_time)
 
     def __post_init__(self):
         if self.budget not in BUDGETS:
@@ -108,10 +117,10 @@ class Report:
         """A difference from the paper's protocol, and why."""
         self.deviations.append(what)
 
-    def markdown(self, seconds: float) -> str:
+    def markdown(self, seconds: float, cpu_seconds: float) -> str:
         parts = [f"# {self.title}", "", f"*{self.citation}*", "",
-                 f"Budget `{self.budget}`, {seconds / 60:.1f} min on this machine. In the tables a cell reads "
-                 "`ours (paper)`; — where one side has no figure.", ""]
+                 f"Budget `{self.budget}`: {seconds / 60:.1f} min wall, {cpu_seconds / 60:.1f} CPU-min on "
+                 f"{_machine()}. In the tables a cell reads `ours (paper)`; — where one side has no figure.", ""]
         for section in self.sections:
             if isinstance(section, Table):
                 parts += [section.markdown(), ""]
@@ -125,10 +134,11 @@ class Report:
 
     def write(self) -> Path:
         """Write report.md and results.json, then swap the staging folder in for `out`."""
-        seconds = time.monotonic() - self.started
-        (self.staging / "report.md").write_text(self.markdown(seconds), encoding="utf-8")
+        seconds, cpu_seconds = time.monotonic() - self.started, time.process_time() - self.cpu_started
+        (self.staging / "report.md").write_text(self.markdown(seconds, cpu_seconds), encoding="utf-8")
         results = {
             "paper": self.paper, "budget": self.budget, "minutes": round(seconds / 60, 2),
+            "cpu_minutes": round(cpu_seconds / 60, 2), "machine": _machine(),
             "tables": [{"title": t.title, "columns": t.columns,
                         "rows": [[_plain(cell) for cell in row] for row in t.rows]}
                        for t in self.sections if isinstance(t, Table)],
