@@ -2,7 +2,9 @@
 
 Training: 32x32 patches cut at stride 20 from 256x256 normal films, only those wholly inside the lung field,
 reconstructed by a U-Net with skip connections (32 px down to an 8 px bottleneck) under the paper's Dice loss on
-intensities, -ln(2 sum(I J) / (sum|I| + sum|J|)), with Adam.
+intensities, -ln(2 sum(I J) / (sum|I| + sum|J|)), with Adam. `architecture="maxpool_nearest"` is the paper's U-Net
+(max-pooling down, pixel-replication up, from MONAI BasicUNet's blocks); the default "unet" is MONAI's UNet (strided
+convolutions down, transposed convolutions up, residual units), kept so that existing checkpoints still load.
 
 Test time: the whole film is scanned at stride 20 (the last row and column of patches aligned with the border, so
 every pixel is covered). A patch's SAD is mean |input - output|; the map paints each patch's SAD over its square,
@@ -29,11 +31,12 @@ from ..inferers.patches import extract_patches, grid_corners, stitch_patch_value
 from ..losses import intensity_dice_loss
 from ..lung_field import LungFieldSegmenter
 from ..modalities import CHEST, CHEST_FILM_MODALITIES
-from ..nets.patch_unet import PatchUNetAutoEncoder
+from ..nets.patch_unet import MaxPoolNearestUNet, PatchUNetAutoEncoder
 from ..preprocess import ResizeInfo, resize_keep_aspect, to_tensor_batch, to_unit_range, undo_resize
 from ..registry import register
 
 SCORE_NAMES = ("lung_mean", "lung_max", "all_mean", "all_max")
+ARCHITECTURES = ("unet", "maxpool_nearest")
 
 
 @dataclass
@@ -70,7 +73,8 @@ class UNetPatchAutoEncoderModel(AnomalyModel):
         "patch_size": 32,
         "stride": 20,
         "channels": [16, 32, 64],  # two stride-2 levels: 32 -> 16 -> 8 px bottleneck
-        "num_res_units": 1,
+        "num_res_units": 1,  # "unet" only
+        "architecture": "unet",  # or "maxpool_nearest": the paper's max-pool / nearest-upsampling U-Net
         "lung_patch_fraction": 1.0,  # a training (and 'lung') patch lies wholly inside the lung field
         "lung_checkpoint": None,  # local TorchScript / MONAI UNet state-dict for lung segmentation; None: classical
         "score": "lung_mean",  # one of lung_mean, lung_max, all_mean, all_max
@@ -91,6 +95,9 @@ class UNetPatchAutoEncoderModel(AnomalyModel):
         super().__init__(**config)
         if self.config["score"] not in SCORE_NAMES:
             raise ValueError(f"{self.name}: score must be one of {SCORE_NAMES}, got {self.config['score']!r}")
+        if self.config["architecture"] not in ARCHITECTURES:
+            raise ValueError(f"{self.name}: architecture must be one of {ARCHITECTURES}, "
+                             f"got {self.config['architecture']!r}")
         if self.config["loss"] not in ("dice", "l1"):
             raise ValueError(f"{self.name}: loss must be 'dice' or 'l1', got {self.config['loss']!r}")
         if int(self.config["patch_size"]) % (2 ** (len(self.config["channels"]) - 1)):
@@ -98,6 +105,8 @@ class UNetPatchAutoEncoderModel(AnomalyModel):
         self.segmenter = LungFieldSegmenter(self.config["lung_checkpoint"])
 
     def build_network(self) -> torch.nn.Module:
+        if self.config["architecture"] == "maxpool_nearest":
+            return MaxPoolNearestUNet(self.config["channels"])
         return PatchUNetAutoEncoder(self.config["channels"], int(self.config["num_res_units"]))
 
     # ----- preprocessing -----
@@ -137,14 +146,19 @@ class UNetPatchAutoEncoderModel(AnomalyModel):
 
     # ----- scanning -----
     @torch.no_grad()
+    def reconstruct(self, patches: np.ndarray) -> np.ndarray:
+        """The network's output (N, p, p) for patches (N, p, p) in [0, 1]."""
+        self.network.eval()
+        batch_size = int(self.config["predict_batch_size"])
+        out = [self.network(to_tensor_batch(patches[start:start + batch_size], self.device))[:, 0].cpu().numpy()
+               for start in range(0, len(patches), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, *np.shape(patches)[1:]), dtype=np.float32)
+
     def patch_sad(self, patches: np.ndarray) -> np.ndarray:
         """(N,) mean |input - output| of each patch (N, p, p)."""
-        batch_size = int(self.config["predict_batch_size"])
-        out = []
-        for start in range(0, len(patches), batch_size):
-            x = to_tensor_batch(patches[start:start + batch_size], self.device)
-            out.append((self.network(x) - x).abs().mean(dim=(1, 2, 3)).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        if len(patches) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return np.abs(self.reconstruct(patches) - np.asarray(patches, dtype=np.float32)).mean(axis=(1, 2))
 
     def scan(self, film: np.ndarray) -> PatchScan:
         """Every patch of the film at stride `stride`, its SAD, and whether it lies in the lung field / the film."""
