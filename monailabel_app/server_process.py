@@ -89,7 +89,7 @@ class ServerProcess:
 
     def log_tail(self, chars: int = 6000) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-chars:]
+            return self.log_path.read_text(encoding="utf-8", errors="replace")[-chars:]
         except OSError:
             return ""
 

@@ -358,6 +358,28 @@ def build_router(app) -> APIRouter:
             op, rest = "", path
         return await monai_label_proxy(request, op, rest)
 
+    @router.get("/logs/", summary="The server log: its last lines as text, or a page that follows it")
+    def server_log(lines: Optional[int] = 300, html: Optional[bool] = True, text: Optional[bool] = False,
+                   refresh: Optional[int] = 0):
+        """MONAI Label's handler reads the log in the locale's encoding and answers 500 under an ASCII locale
+        once the log holds a non-ASCII character; the log is UTF-8 text, whatever the locale."""
+        from collections import deque
+
+        from fastapi.responses import HTMLResponse, PlainTextResponse
+        from monailabel.config import settings
+        from monailabel.endpoints.logs import HTML_TEMPLATE
+
+        log = Path(settings.MONAI_LABEL_APP_DIR) / "logs" / "app.log"
+        if not log.is_file():
+            raise HTTPException(status_code=404, detail=f"no server log yet at {log}")
+        with open(log, encoding="utf-8", errors="replace") as handle:
+            last = "".join(deque(handle, lines) if lines and lines > 0 else handle)
+        if html and not text:
+            every = max(refresh, 3) if refresh else 0
+            return HTMLResponse(HTML_TEMPLATE.replace("LINES_T", str(lines)).replace(
+                "REFRESH_T", f"setInterval(fetch, 1000*{every});" if every else ""))
+        return PlainTextResponse(last)
+
     @router.get("/logs/gpu", summary="GPU information (nvidia-smi)")
     def gpu_info():
         import shutil

@@ -3,6 +3,7 @@ accepted, ids are checked in one place for every route that takes one, a degener
 reason, and a fuzz run over the server's own OpenAPI schema finds no 5xx (and leaves the server answering)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from PIL import Image
 from monailabel_server import REPO, fill_studies, http_json, publish_quick_model, running_server
 
 FILM_ID = "kermany-normal-IM-0115-0001"
+ASCII_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": ""}
 FUZZ_EXAMPLES = 8  # per operation: bounded so that the run takes a few minutes on two cores
 
 
@@ -22,7 +24,8 @@ def server(tmp_path_factory, kermany_films):
     root = tmp_path_factory.mktemp("routes")
     studies = fill_studies(root / "studies", [REPO / "sample_data" / "chest" / f"{FILM_ID}.jpeg"])
     publish_quick_model(root / "models", kermany_films["NORMAL"][:4], "ae", epochs=1)
-    with running_server(studies, conf={"model_dir": root / "models", "models": "ae"}) as url:
+    # under an ASCII locale, as on some CI machines: no route may depend on the locale's encoding
+    with running_server(studies, conf={"model_dir": root / "models", "models": "ae"}, env=ASCII_LOCALE) as url:
         yield {"url": url, "root": root, "studies": studies}
 
 
@@ -131,6 +134,20 @@ def test_the_published_checkpoint_is_served_by_monai_labels_model_route(server):
     assert http_json(server["url"] + "/model/info/ae")["checksum"].startswith("SHA256:")
 
 
+def test_the_server_log_is_served_whatever_its_characters(server):
+    """MONAI Label's /logs/ handler read the log in the locale's encoding: 500 once the log held a non-ASCII
+    character under an ASCII locale."""
+    line = "trained 3 × 4 films ✓ (é)"
+    logging_dir = REPO / "monailabel_app" / "logs"
+    with open(logging_dir / "app.log", "a", encoding="utf-8") as log:
+        log.write(line + "\n")
+    response = requests.get(server["url"] + "/logs/?lines=20&text=true", timeout=60)
+    assert response.status_code == 200, response.text[:300]
+    assert line in response.text
+    page = requests.get(server["url"] + "/logs/?lines=20&html=true&refresh=5", timeout=60)
+    assert page.status_code == 200 and "setInterval(fetch, 1000*5)" in page.text
+
+
 def test_schema_fuzzing_finds_no_server_error(server):
     """Schemathesis generates requests for every operation of /openapi.json (MONAI Label's and MedAnomaly's) from
     the schema: examples, boundary cases and random data, a bounded number per operation. No answer may be 5xx."""
@@ -139,8 +156,9 @@ def test_schema_fuzzing_finds_no_server_error(server):
                "--checks", "not_a_server_error", "--max-examples", str(FUZZ_EXAMPLES), "--workers", "1",
                "--seed", "1", "--no-shrink", "--request-timeout", "120", "--phases", "examples,coverage,fuzzing",
                "--generation-database", "none", "--no-color", "--report", "ndjson", "--report-dir", str(report)]
-    # schemathesis draws its report with box characters: decode as UTF-8 whatever the locale (CI may have none)
-    run = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=1500)
+    # schemathesis draws its report with box characters and emoji: UTF-8 both ways, whatever the locale
+    run = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=1500,
+                         env={**os.environ, "PYTHONUTF8": "1", "PYTHONIOENCODING": "utf-8"})
     summary = run.stdout[-6000:]
     assert run.returncode == 0, f"schemathesis found server errors:\n{summary}\n{run.stderr[-2000:]}"
     assert "operations" in summary.lower() or "API Operations" in summary

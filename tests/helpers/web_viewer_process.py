@@ -48,7 +48,7 @@ def running_web_viewer(server_url: str, port: int | None = None, timeout: float 
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"the web viewer exited:\n{log.read_text(errors='replace')[-4000:]}")
+                raise RuntimeError(f"the web viewer exited:\n{log.read_text(encoding='utf-8', errors='replace')[-4000:]}")
             try:
                 urllib.request.urlopen(url, timeout=5).close()
                 break
