@@ -143,3 +143,24 @@ def test_batchnorm_statistics_are_refreshed_on_the_training_films(nih_train):
     assert not model.network.training
     # The frozen encoder keeps its ImageNet BatchNorm statistics.
     assert all(torch.equal(v, encoder_before[k]) for k, v in model.network.encoder.state_dict().items())
+
+
+def test_checkpoint_holds_the_decoder_and_rebuilds_the_frozen_encoder(nih_train, tmp_path):
+    model = medanomaly.create("gcm", image_size=32, epochs=1, batch_size=8, num_workers=0)
+    model.fit(nih_train, val=nih_train, progress=False)
+    model.save(tmp_path / "gcm.pt")
+    stored = torch.load(tmp_path / "gcm.pt", map_location="cpu", weights_only=True)
+    assert stored["state_dict"] and not any(key.startswith("encoder.") for key in stored["state_dict"])
+    assert stored["stats"]["encoder"]["sha256"] == model.network.encoder.weights_sha256
+    loaded = medanomaly.load(tmp_path / "gcm.pt")
+    film = nih_train[1].image.array
+    assert loaded.predict(film).score == pytest.approx(model.predict(film).score, rel=1e-5)
+    assert np.allclose(loaded.predict(film).map, model.predict(film).map, rtol=1e-4, atol=1e-6)
+
+    other = torch.load(packaged_weights_path(), map_location="cpu", weights_only=True)
+    other["_conv_stem.weight"] = 2 * other["_conv_stem.weight"]
+    torch.save(other, tmp_path / "lite0_other.pth")
+    with pytest.raises(CheckpointError, match="encoder weights"):
+        medanomaly.load(tmp_path / "gcm.pt", encoder_weights=str(tmp_path / "lite0_other.pth"))
+    tuned = medanomaly.create("gcm", image_size=32, fine_tune_encoder=True)
+    assert any(key.startswith("encoder.") for key in tuned.network.state_dict())  # a fine-tuned encoder is saved

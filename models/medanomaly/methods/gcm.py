@@ -13,7 +13,11 @@ Encoder: EfficientNet-Lite0 with the ImageNet weights of the installed package `
 (`nets.pretrained_encoder`; config `encoder_weights` may name another local file of that network), frozen as in the
 paper, so only the decoder trains; `fine_tune_encoder=True` trains it too. Training classes are balanced by
 undersampling every class to the smallest one (the paper: 963 films per class, seeded draw); `class_balance=
-"weights"` keeps every film and weights the loss by class instead (n / (K * n_k)), `"none"` does neither."""
+"weights"` keeps every film and weights the loss by class instead (n / (K * n_k)), `"none"` does neither.
+
+Checkpoints of a frozen encoder hold the decoder alone (about 0.7 MB in half precision) and the encoder file's
+SHA-256: loading rebuilds the encoder from the same weights file and refuses other weights. A fine-tuned encoder
+is saved with the decoder."""
 from __future__ import annotations
 
 import re
@@ -24,6 +28,7 @@ import torch
 
 from ..base import as_medical_image
 from ..classifier import ClassifierModel
+from ..errors import CheckpointError
 from ..nets.gcm import GenerativeContributionNet
 from ..registry import register
 
@@ -64,10 +69,31 @@ class GenerativeContributionModel(ClassifierModel):
             raise ValueError(f"gcm: image_size must be a multiple of 16, got {self.config['image_size']}")
 
     def build_network(self) -> torch.nn.Module:
-        return GenerativeContributionNet(len(self.config["classes"]), int(self.config["input_channels"]),
-                                         int(self.config["bottleneck_channels"]), self.config["decoder_channels"],
-                                         self.config["cwm_activation"], self.config["encoder_weights"],
-                                         bool(self.config["fine_tune_encoder"]))
+        network = GenerativeContributionNet(len(self.config["classes"]), int(self.config["input_channels"]),
+                                            int(self.config["bottleneck_channels"]), self.config["decoder_channels"],
+                                            self.config["cwm_activation"], self.config["encoder_weights"],
+                                            bool(self.config["fine_tune_encoder"]))
+        if not network.encoder.trainable:
+            # The frozen encoder is rebuilt from its weights file: checkpoints and the weights digest leave it out.
+            network.register_state_dict_post_hook(_drop_frozen_encoder)
+            network.register_load_state_dict_pre_hook(_keep_frozen_encoder)
+        return network
+
+    # ----- checkpoints: the frozen encoder's weights file is named by its hash -----
+    def calibrate(self, val, source: str = "validation") -> dict:
+        calibration = super().calibrate(val, source)
+        encoder = self.network.encoder
+        self.stats["encoder"] = {"weights": str(encoder.weights_path), "sha256": encoder.weights_sha256}
+        return calibration
+
+    def _load_payload(self, payload: dict) -> None:
+        super()._load_payload(payload)
+        encoder = self.network.encoder
+        saved = (self.stats or {}).get("encoder", {}).get("sha256")
+        if saved and saved != encoder.weights_sha256 and not encoder.trainable:
+            raise CheckpointError(f"gcm: the checkpoint's decoder was trained on encoder weights {saved[:12]}, but "
+                                  f"{encoder.weights_path} is {encoder.weights_sha256[:12]}; give the original "
+                                  "weights file in encoder_weights, or retrain")
 
     # ----- class balance -----
     def select_training_items(self, items: list) -> list:
@@ -130,3 +156,14 @@ class GenerativeContributionModel(ClassifierModel):
         label = title if title is not None else f"GCM: {predicted} (P={probability:.2f}) CWM"
         # Colours span the film's own 1st-99.5th percentile of the CWM: where this class's weight is high here.
         return save_overlay(path, image.array, cwm, title=label)
+
+
+def _drop_frozen_encoder(module, state_dict, prefix, local_metadata) -> None:
+    for key in [key for key in state_dict if key.startswith(prefix + "encoder.")]:
+        del state_dict[key]
+
+
+def _keep_frozen_encoder(module, state_dict, prefix, *args) -> None:
+    """A checkpoint without encoder keys loads onto the encoder built from the weights file (older ones hold it)."""
+    for key, value in module.encoder.state_dict(prefix=prefix + "encoder.").items():
+        state_dict.setdefault(key, value)
