@@ -8,6 +8,9 @@ TorchScript file or a state-dict of a MONAI UNet from a local path (see `load_se
 Every function takes a 2D film in any intensity range and returns a bool mask on the film's own grid."""
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -148,20 +151,52 @@ def load_segmentation_network(checkpoint: str | Path, unet_config: dict | None =
 
 
 class LungFieldSegmenter:
-    """Lung-field masks for films: classical by default, a trained network when `checkpoint` is given."""
+    """Lung-field masks for films: classical by default, a trained network when `checkpoint` is given.
 
-    def __init__(self, checkpoint: str | Path | None = None, unet_config: dict | None = None):
+    Masks are remembered (bit-packed, keyed by a hash of the film's pixels, least recently used dropped beyond
+    `cache_mb`): training visits each film once per epoch, and segmenting it again every time would cost more than
+    the training step itself."""
+
+    def __init__(self, checkpoint: str | Path | None = None, unet_config: dict | None = None, cache_mb: float = 32.0):
         self.checkpoint = None if checkpoint in (None, "") else str(checkpoint)
         self.network = load_segmentation_network(self.checkpoint, unet_config) if self.checkpoint else None
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache: OrderedDict = OrderedDict()
+        self._cached_bytes = 0
+        self._lock = threading.Lock()
 
     @property
     def method(self) -> str:
         return "network" if self.network is not None else "classical"
 
     def __call__(self, film: np.ndarray) -> np.ndarray:
-        if self.network is None:
-            return classical_lung_mask(film)
-        return self._network_mask(_check_film(film))
+        film = _check_film(film)
+        key = (film.shape, hashlib.sha1(np.ascontiguousarray(film).tobytes()).digest())
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return np.unpackbits(self._cache[key], count=film.size).reshape(film.shape).astype(bool)
+        mask = classical_lung_mask(film) if self.network is None else self._network_mask(film)
+        self._remember(key, np.packbits(mask))
+        return mask
+
+    def __getstate__(self) -> dict:  # copies (worker processes, deepcopy) start with an empty cache and own lock
+        return {**self.__dict__, "_cache": OrderedDict(), "_cached_bytes": 0, "_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def _remember(self, key, packed: np.ndarray) -> None:
+        if packed.nbytes > self.cache_bytes:
+            return
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = packed
+                self._cached_bytes += packed.nbytes
+            while self._cached_bytes > self.cache_bytes:
+                _, dropped = self._cache.popitem(last=False)
+                self._cached_bytes -= dropped.nbytes
 
     @torch.no_grad()
     def _network_mask(self, film: np.ndarray) -> np.ndarray:
