@@ -62,6 +62,9 @@ class Recipe:
     report_per_class: int = 60  # held-out images per class the card's figures are measured on
     subset_per_class: int = 3  # regression subset: images per class re-scored by the tests
     failure_modes: tuple = ()
+    # "image": pixel AUROC over the whole image; "map": only where the map is defined (a mammogram's breast tiles),
+    # on the abnormal images with lesion outlines, since the empty background would flatter any map
+    pixel_roi: str = "image"
 
 
 RECIPES = {
@@ -259,7 +262,8 @@ def write_shipped(name: str, checkpoint: Path, subset: list, out: Path, log=prin
             "size_mb": round(size_mb, 2)}
 
 
-def measure(name: str, sets: dict, out: Path, data_root: Path, subset_per_class: int) -> dict:
+def measure(name: str, sets: dict, out: Path, data_root: Path, subset_per_class: int,
+            pixel_roi: str = "image") -> dict:
     """Figures of the shipped file on the report set, its typical map, and the regression subset's scores."""
     from . import load, metrics
     from .base import as_items
@@ -284,6 +288,12 @@ def measure(name: str, sets: dict, out: Path, data_root: Path, subset_per_class:
     abnormal = [item for item in items if item.is_abnormal] or items
     scored = sorted(((model.predict(item.image), item) for item in abnormal), key=lambda pair: pair[0].score)
     result, item = scored[len(scored) // 2]  # the median abnormal image: a typical map, not the best one
+    if pixel_roi == "map":
+        outlined = [(r, i) for r, i in scored if getattr(i, "mask", None) is not None and np.any(i.mask)]
+        figures["pixel_auroc"] = _finite(metrics.pixel_auroc(
+            [np.asarray(i.mask) > 0 for _, i in outlined], [r.map for r, _ in outlined],
+            roi=[r.map > 0 for r, _ in outlined])) if outlined else None
+        figures["pixel_auroc_region"] = "inside the scored breast tiles of the abnormal images with lesion circles"
     save_overlay(out / f"{name}.png", item.image.array, result.map, result.mask, getattr(item, "mask", None),
                  title=f"{name}: typical abnormal image, score {result.score:.3g}",
                  display_range=model.stats.get("map_display_range"))
@@ -355,7 +365,7 @@ def build(name: str, data_root: Path, out: Path, work_root: Path = DEFAULT_WORK,
     checkpoint = train(name, recipe, sets, work, log)
     subset = pick_per_class(sets["report"], recipe.subset_per_class)
     stored = write_shipped(name, checkpoint, subset, out, log)
-    measured = measure(name, sets, out, data_root, recipe.subset_per_class)
+    measured = measure(name, sets, out, data_root, recipe.subset_per_class, recipe.pixel_roi)
     from .checkpoint import read_checkpoint
     from .data.manifest import read_manifest
 
