@@ -112,7 +112,7 @@ def build_router(app) -> APIRouter:
     def require_image(image_id: str) -> None:
         """The id's form was checked by IdCheck; here: is it in the datastore."""
         store = datastore()
-        if isinstance(store, LocalDatastore) and image_id not in store.list_images():
+        if isinstance(store, LocalDatastore) and not store.get_image_uri(image_id):  # one lookup, not a listing
             raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
 
     @router.post("/infer/{model}", summary="Run an anomaly model on a datastore image or an uploaded file")
