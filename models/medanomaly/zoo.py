@@ -84,8 +84,8 @@ RECIPES = {
         "Texture not seen in normal films (burnt-in text, rulers, pacemakers) scores as high as disease.",
         "The map is coarse (one cell per 8 pixels of the 224 px square, smoothed): it points at a region, "
         "it does not outline a lesion.")),
-    "patchcore-mammo": Recipe("mini_mias", {}, minutes=15, calibrate_per_class=10, report_per_class=12,
-                              subset_per_class=1, failure_modes=(
+    "patchcore-mammo": Recipe("mini_mias", {}, minutes=15, calibrate_per_class=10, report_per_class=26,
+                              subset_per_class=1, pixel_roi="map", failure_modes=(
         "Research use only (mini-MIAS licence).",
         "Screen-film mammograms digitised at 200 um: digital mammograms (other contrast, processing) are out of "
         "distribution.",
