@@ -12,7 +12,7 @@ from filelock import FileLock
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 
 from medanomaly.atomic import atomic_destination
 from medanomaly.io import read_image, write_image
@@ -83,10 +83,10 @@ class ModalitiesDICOMWebDatastore(DICOMWebDatastore):
         obj = self._datastore.objects.get(image_id)
         if obj is not None and obj.labels.get(label_tag) is not None:
             return LocalDatastore.get_label_uri(self, image_id, label_tag)
-        if label_tag == DefaultLabelTag.FINAL and image_id in self.list_images():
-            self.get_image_uri(image_id)
+        if label_tag == DefaultLabelTag.FINAL and image_id in self.list_images():  # listing refreshes from the PACS
+            self.get_image_uri(image_id)  # fetches the series from the PACS if it is not here yet
             film = self._single_film(image_id)
-            seg = self._pacs_seg_of(image_id) if film is not None else None
+            seg = self._pacs_seg_of(image_id, film) if film is not None else None
             if seg is not None:
                 source = read_image(film)
                 mask = read_film_seg(seg, source.meta.get("sop_instance_uid"))
@@ -95,10 +95,14 @@ class ModalitiesDICOMWebDatastore(DICOMWebDatastore):
                 return str(write_image(source, folder / f"{image_id}.nii.gz", mask.reshape(source.shape)))
         return super().get_label_uri(label_id, label_tag, image_id)
 
-    def _pacs_seg_of(self, image_id: str):
-        """The newest DICOM SEG instance in the PACS that references the series `image_id`, or None."""
+    def _pacs_seg_of(self, image_id: str, film: Path):
+        """The newest DICOM SEG instance in the PACS that references the series `image_id`, or None. A SEG lives
+        in its film's study, so only that study's SEG series are looked at."""
+        study_uid = str(dcmread(film, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+                        .StudyInstanceUID)
         found = None
-        for dataset in self._client.search_for_series(search_filters={"Modality": "SEG"}):
+        for dataset in self._client.search_for_series(study_instance_uid=study_uid,
+                                                      search_filters={"Modality": "SEG"}):
             seg = Dataset.from_json(dataset)
             study, series = str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID)
             meta = Dataset.from_json(self._client.retrieve_series_metadata(study, series)[0])
