@@ -23,9 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from scipy import ndimage
 
 import medanomaly
 from medanomaly.base import as_items
@@ -33,23 +31,8 @@ from medanomaly.data.builders import BUILDERS, NIH_CLASSES, default_data_root
 from medanomaly.data.manifest import read_manifest
 from medanomaly.metrics import image_auroc
 from medanomaly.methods.gcm import class_slug
-from medanomaly.preprocess import undo_resize
+from medanomaly.reproduce.gcm import boxes_by_class, class_map, peak_in_box  # the reproduction's own box test
 from medanomaly.visualize import save_overlay
-
-
-def class_map(model, film: np.ndarray, k: int, result) -> np.ndarray:
-    """The map that explains class k on the film's grid: GCM's CWM, else Grad-CAM of class k."""
-    if model.name == "gcm":
-        return result.extras[f"cwm_{class_slug(model.classes[k])}"]
-    square, info = model.preprocess(film)
-    x = torch.as_tensor(square[None], device=model.device)
-    return undo_resize(model.gradcam(x, np.array([k]))[0].cpu().numpy(), info)
-
-
-def peak_in_box(heat: np.ndarray, boxes) -> bool:
-    smooth = ndimage.uniform_filter(heat.astype(np.float64), size=max(3, heat.shape[0] // 16))
-    row, col = np.unravel_index(int(np.argmax(smooth)), smooth.shape)
-    return any(x <= col < x + w and y <= row < y + h for x, y, w, h in boxes)
 
 
 def train(name, train_items, config, minutes):
@@ -110,9 +93,7 @@ def bench_nih(args, out: Path, report: dict) -> None:
         for case, item, result in zip(val_cases, val_items, results):
             if not case.boxes:
                 continue
-            findings = case.extra.get("box_findings", "").split("|")
-            for cls in sorted(set(findings)):
-                boxes = [box for box, f in zip(case.boxes, findings) if f == cls]
+            for cls, boxes in sorted(boxes_by_class(case).items()):
                 tried += 1
                 hits += peak_in_box(class_map(model, item.image.array, classes.index(cls), result), boxes)
         row["box_hits"] = f"{hits}/{tried}"
