@@ -302,6 +302,8 @@ def measure(name: str, sets: dict, out: Path, data_root: Path, subset_per_class:
         "specificity_at_threshold": _finite(at.get("specificity")),
         "seconds_per_image": summary["seconds_per_image"],
     }
+    if len(getattr(model, "classes", ())) > 2:  # a multi-class classifier: each class against the rest
+        figures["class_auroc"] = class_aurocs(model, report)
     items = as_items(report)
     abnormal = [item for item in items if item.is_abnormal] or items
     scored = sorted(((model.predict(item.image), item) for item in abnormal), key=lambda pair: pair[0].score)
@@ -324,6 +326,17 @@ def measure(name: str, sets: dict, out: Path, data_root: Path, subset_per_class:
                   "image_auroc": _finite(metrics.image_auroc(labels, scores)) if len(set(labels)) == 2 else None,
                   "tolerance": {"score_rtol": SCORE_RTOL, "auroc_abs": AUROC_TOL}}
     return {"figures": figures, "regression_subset": regression, "model_version": model.model_version}
+
+
+def class_aurocs(model, cases: list) -> dict:
+    """One-vs-rest AUROC of P(class) for each class (a multi-label case is positive for each of its classes)."""
+    from . import metrics
+    from .base import as_items
+
+    probabilities = [model.predict(item.image).meta["class_probabilities"] for item in as_items(cases)]
+    truth = [{name.lower() for name in case.label_names} for case in cases]
+    return {name: _finite(metrics.image_auroc([name.lower() in names for names in truth],
+                                              [p[name] for p in probabilities])) for name in model.classes}
 
 
 def card_summary(card: dict) -> str:
