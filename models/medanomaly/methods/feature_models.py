@@ -58,7 +58,12 @@ class FeatureStatistics(nn.Module):
         for name, value in buffers.items():
             self.register_buffer(name, value)
 
+    optional_buffers: frozenset = frozenset()  # added after checkpoints existed: missing ones keep their value
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in self.optional_buffers:
+            if prefix + name not in state_dict and self._buffers.get(name) is not None:
+                state_dict[prefix + name] = self._buffers[name]
         for name, current in list(self._buffers.items()):
             stored = state_dict.get(prefix + name)
             if current is not None and stored is not None and stored.shape != current.shape:
@@ -218,7 +223,14 @@ class WholeFilmInput:
 
 class TissueTileInput:
     """A large film cut into patch_size^2 tiles over the tissue, scored tile by tile at full resolution (or
-    resized to image_size when it differs), the maps stitched back; 0 outside the tissue."""
+    resized to image_size when it differs), the maps stitched back; 0 outside the tissue.
+
+    Options decided on validation women (benchmarks/bench_features.py --mias-variants): `breast_side` flips a
+    film so that its chest wall (the side with more tissue) is on the left, so tiles of left and right breasts
+    look alike; `contrast` "breast" takes the clipping percentiles inside the breast rather than over the whole
+    film (background and labels excluded); `train_flips` adds the vertical mirror of each training tile (it keeps
+    the chest wall on its side). The image score may be "top_tiles": the mean of the `top_tiles` highest tile
+    maxima, less driven by one bright spot than the map's maximum."""
 
     input_defaults = {
         "patch_size": 256,
@@ -227,9 +239,26 @@ class TissueTileInput:
         "train_patch_stride": 256,  # training tiles side by side: the bank needs variety, not overlap
         "min_tissue_fraction": 0.4,
         "clip_percentiles": [0.5, 99.5],
+        "breast_side": "as_given",  # "left": chest wall flipped to the left
+        "contrast": "film",  # "film" | "breast": where the clipping percentiles are taken
+        "train_flips": False,
+        "top_tiles": 3,  # tiles averaged by image_score "top_tiles"
     }
-    input_keys = ("patch_size", "image_size", "patch_stride", "min_tissue_fraction", "clip_percentiles")
-    inference_keys = ("image_score",)
+    input_keys = ("patch_size", "image_size", "patch_stride", "min_tissue_fraction", "clip_percentiles",
+                  "breast_side", "contrast")
+    inference_keys = ("image_score", "top_tiles")
+
+    def oriented(self, slice_2d: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The film with its chest wall on the left when `breast_side` asks for it, and whether it was flipped."""
+        side = self.config.get("breast_side", "as_given")
+        if side == "as_given":
+            return slice_2d, False
+        if side != "left":
+            raise ValueError(f"{self.name}: breast_side must be 'left' or 'as_given', got {side!r}")
+        tissue = foreground_mask(to_unit_range(np.asarray(slice_2d, dtype=np.float32))[0])
+        half = tissue.shape[1] // 2
+        flip = tissue[:, half:].sum() > tissue[:, :half].sum()
+        return (np.ascontiguousarray(slice_2d[:, ::-1]) if flip else slice_2d), bool(flip)
 
     def tissue_tiles(self, slice_2d: np.ndarray, stride: int):
         """(unit film, tissue mask, patches): tiles holding enough tissue; if none does, the one with most."""
@@ -237,8 +266,14 @@ class TissueTileInput:
         if min(slice_2d.shape) < size:
             raise UnsupportedImageError(f"{self.name}: image {slice_2d.shape} is smaller than patch_size {size}")
         low, high = self.config["clip_percentiles"]
-        unit, _ = to_unit_range(np.asarray(slice_2d, dtype=np.float32), low, high)
+        film = np.asarray(slice_2d, dtype=np.float32)
+        unit, _ = to_unit_range(film, low, high)
         tissue = foreground_mask(unit)
+        contrast = self.config.get("contrast", "film")
+        if contrast == "breast" and tissue.any():
+            unit, _ = to_unit_range(film, low, high, mask=tissue)
+        elif contrast not in ("film", "breast"):
+            raise ValueError(f"{self.name}: contrast must be 'film' or 'breast', got {contrast!r}")
         patches = extract_patches(unit, size, stride, tissue, float(self.config["min_tissue_fraction"]))
         if len(patches.corners) == 0:
             corners = grid_corners(unit.shape, size, stride)
@@ -255,38 +290,96 @@ class TissueTileInput:
     def training_squares(self, item):
         squares = []
         for slice_2d in slices_of(item.image.array):
-            _, _, patches = self.tissue_tiles(slice_2d, int(self.config["train_patch_stride"]))
+            _, _, patches = self.tissue_tiles(self.oriented(slice_2d)[0], int(self.config["train_patch_stride"]))
             tiles = self.resize_tiles(patches.arrays, int(self.config["image_size"]))
-            squares += [(tile, np.ones(tile.shape, dtype=bool)) for tile in tiles]
+            if self.config.get("train_flips"):
+                tiles = np.concatenate([tiles, tiles[:, ::-1]])
+            squares += [(np.ascontiguousarray(tile), np.ones(tile.shape, dtype=bool)) for tile in tiles]
         return squares
 
+    def tile_score(self, film_map: np.ndarray, tissue: np.ndarray, corners, tile_max: list[float]) -> float:
+        if not tissue.any():
+            return float(film_map.max())
+        if self.config["image_score"] == "top_tiles":
+            return float(np.mean(sorted(tile_max)[-max(1, int(self.config["top_tiles"])):]))
+        return self.map_score(film_map[tissue])
+
     def score_slices(self, slices: list[np.ndarray]) -> SliceScores:
-        scores, maps, tiles_per_slice = [], [], []
+        scores, maps, tiles_per_slice, tile_maxima = [], [], [], []
+        size = int(self.config["patch_size"])
         for slice_2d in slices:
-            unit, tissue, patches = self.tissue_tiles(slice_2d, int(self.config["patch_stride"]))
+            film, flipped = self.oriented(slice_2d)
+            unit, tissue, patches = self.tissue_tiles(film, int(self.config["patch_stride"]))
             tile_maps = self.feature_maps(self.resize_tiles(patches.arrays, int(self.config["image_size"])))
-            tile_maps = self.resize_tiles(tile_maps, int(self.config["patch_size"]))
+            tile_maps = self.resize_tiles(tile_maps, size)
             film_map = stitch_patches(tile_maps, patches.corners, unit.shape) * tissue
-            scores.append(self.map_score(film_map[tissue]) if tissue.any() else float(film_map.max()))
-            maps.append(film_map.astype(np.float32))
+            # A tile's score: its map's maximum over the tissue it holds (after stitching).
+            tile_max = [float((film_map[r:r + size, c:c + size])[tissue[r:r + size, c:c + size]].max(initial=0.0))
+                        for r, c in patches.corners]
+            scores.append(self.tile_score(film_map, tissue, patches.corners, tile_max))
+            maps.append(np.ascontiguousarray(film_map[:, ::-1] if flipped else film_map).astype(np.float32))
             tiles_per_slice.append(len(patches.corners))
-        return SliceScores(scores=np.array(scores), maps=maps, meta={"n_tiles": tiles_per_slice})
+            tile_maxima.append(tile_max)
+        return SliceScores(scores=np.array(scores), maps=maps,
+                           meta={"n_tiles": tiles_per_slice, "tile_max": tile_maxima})
 
 
 class BrainFeatureInput:
     """Brain slices as `medanomaly.brain` prepares them (brain mask, median normalisation, image_size^2), scaled
-    into [0, 1] for the encoder by `intensity_scale` (the median brain intensity becomes that value)."""
+    into [0, 1] for the encoder by `intensity_scale` (the median brain intensity becomes that value).
 
-    input_defaults = {"image_size": 256, "intensity_scale": 0.4, "min_brain_fraction": 0.05}
-    input_keys = ("image_size", "intensity_scale")
-    default_map = "distance"
+    Beside the feature distance, an intensity term: the negative log-density of a pixel's normalised intensity
+    under the histogram of the normal training brains (`intensity_bins` bins), at full resolution. Each term is
+    divided by its 99th percentile over normal training pixels, and the map is distance + intensity_weight *
+    intensity (`intensity_weight` 0: the distance alone). Both terms are in the extras."""
+
+    input_defaults = {"image_size": 256, "intensity_scale": 0.4, "min_brain_fraction": 0.05,
+                      "intensity_weight": 0.0, "intensity_bins": 64}
+    input_keys = ("image_size", "intensity_scale", "intensity_bins")
+    inference_keys = ("intensity_weight",)
+    scale_slices = 16  # training slices whose feature distances set the distance term's scale
 
     def to_unit(self, squares: np.ndarray) -> np.ndarray:
         return np.clip(np.asarray(squares, dtype=np.float32) * float(self.config["intensity_scale"]), 0.0, 1.0)
 
+    def map_name(self) -> str:
+        return "combined" if float(self.config["intensity_weight"]) > 0 else "distance"
+
+    def build_statistics(self):
+        statistics = super().build_statistics()
+        statistics.register_buffer("intensity_nll", torch.zeros(int(self.config["intensity_bins"])))
+        statistics.register_buffer("term_scales", torch.ones(2))  # distance, intensity
+        # A checkpoint fitted before the intensity term: distance unscaled, intensity 0 (weight 0 by default).
+        statistics.optional_buffers = frozenset({"intensity_nll", "term_scales"})
+        return statistics
+
     def training_squares(self, item):
         return [(self.to_unit(square[0]), mask[0] > 0) for square, mask in self.training_samples(item)]
 
+    def intensity_term(self, unit: np.ndarray) -> np.ndarray:
+        nll = self.network.intensity_nll.float().cpu().numpy()
+        return nll[np.clip((unit * len(nll)).astype(int), 0, len(nll) - 1)]
+
+    def fit_statistics(self, items: list) -> dict:
+        record = super().fit_statistics(items)
+        squares = [pair for item in items for pair in self.training_squares(item)]
+        bins = int(self.config["intensity_bins"])
+        values = np.concatenate([square[brain] for square, brain in squares])
+        counts, _ = np.histogram(values, bins=bins, range=(0.0, 1.0))
+        density = (counts + 1.0) / (counts.sum() + bins) * bins  # add-one smoothing: no bin is impossible
+        self.network.intensity_nll = torch.as_tensor(-np.log(density), dtype=torch.float32, device=self.device)
+        chosen = squares[:: max(1, len(squares) // self.scale_slices)][: self.scale_slices]
+        distances = self.feature_maps(np.stack([square for square, _ in chosen]))
+        brains = np.stack([brain for _, brain in chosen])
+        scales = [float(np.percentile(distances[brains], 99)), float(np.percentile(self.intensity_term(values), 99))]
+        self.network.term_scales = torch.as_tensor([max(v, 1e-6) for v in scales], device=self.device)
+        return {**record, "term_scales": [round(v, 4) for v in scales]}
+
     @torch.no_grad()
     def square_maps(self, x: torch.Tensor, brain: torch.Tensor) -> dict:
-        return {"distance": self.feature_maps(self.to_unit(x[:, 0].cpu().numpy()))}
+        unit = self.to_unit(x[:, 0].cpu().numpy())
+        distance_scale, intensity_scale = (float(v) for v in self.network.term_scales)
+        distance = self.feature_maps(unit) / distance_scale
+        intensity = self.intensity_term(unit) / intensity_scale
+        return {"distance": distance, "intensity": intensity,
+                "combined": distance + float(self.config["intensity_weight"]) * intensity}
