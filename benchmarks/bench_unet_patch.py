@@ -28,16 +28,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from scipy.signal import find_peaks  # noqa: E402
-from scipy.stats import gaussian_kde  # noqa: E402
 
 import medanomaly  # noqa: E402
-from medanomaly.data import BUILDERS, load_case, read_manifest, split_groups  # noqa: E402
+from medanomaly.data import BUILDERS, read_manifest, split_groups  # noqa: E402
 from medanomaly.inferers.patches import grid_corners  # noqa: E402
 from medanomaly.io import read_image  # noqa: E402
 from medanomaly.lung_field import classical_lung_mask, lung_halves_found  # noqa: E402
 from medanomaly.metrics import image_auroc  # noqa: E402
 from medanomaly.patch_figures import save_lung_overlay, save_patch_boxes, save_sad_histogram  # noqa: E402
+from medanomaly.pneumonia_eval import count_peaks, evaluate_classifier, film_aurocs, pooled_sad, scan_films  # noqa: E402
 from medanomaly.visualize import save_overlay  # noqa: E402
 
 
@@ -108,14 +107,6 @@ def lung_check(data: Path, out: Path, count: int) -> dict:
 # ------------------------------------------------------------------------------------------------ patch AE
 
 
-def count_peaks(values: np.ndarray, prominence: float = 0.05) -> int:
-    """Local maxima of a Gaussian KDE (Scott's bandwidth) higher than `prominence` x the top density."""
-    grid = np.linspace(values.min(), values.max(), 512)
-    density = gaussian_kde(values)(grid)
-    peaks, _ = find_peaks(density, prominence=prominence * density.max())
-    return len(peaks)
-
-
 def run_patch_ae(args, train, calibration, test, out: Path) -> dict:
     model = medanomaly.create("unet-patch-ae", epochs=args.ae_epochs, loss=args.loss)
     print(f"unet-patch-ae: patch count on a 256x256 film at stride 20: "
@@ -130,31 +121,22 @@ def run_patch_ae(args, train, calibration, test, out: Path) -> dict:
           f"{len(history)} epochs, loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}, {train_seconds:.0f} s "
           f"(incl. lung segmentation and calibration)")
 
-    labels, figures, seconds, scans = [], [], [], []
-    for case in test:
-        item = load_case(case)
-        started = time.perf_counter()
-        result = model.predict(item.image)
-        seconds.append(time.perf_counter() - started)
-        labels.append(int(case.is_abnormal))
-        figures.append(result.meta["sad_scores"])
-        scans.append((case, item.image.array, model.scan(item.image.array), result))
-    labels = np.array(labels)
-    aurocs = {name: image_auroc(labels, [f[name] for f in figures]) for name in figures[0]}
+    scanned = scan_films(model, test)
+    labels = np.array([int(s.case.is_abnormal) for s in scanned])
+    aurocs = film_aurocs(scanned)
+    seconds = [s.seconds for s in scanned]
     print(f"unet-patch-ae image AUROC on {int((labels == 0).sum())} normal / {int(labels.sum())} pneumonia "
           f"validation films: " + ", ".join(f"{name} {value:.3f}" for name, value in aurocs.items()))
     print(f"unet-patch-ae: {np.mean(seconds):.3f} s per film (segmentation + 169-patch scan + map); "
-          f"films without any lung patch: {sum(not s.in_lung.any() for _, _, s, _ in scans)}")
+          f"films without any lung patch: {sum(not s.scan.in_lung.any() for s in scanned)}")
 
-    lung_sad = {g: np.concatenate([s.sad[s.in_lung] for c, _, s, _ in scans if c.is_abnormal == (g == "pneumonia")])
-                for g in ("normal", "pneumonia")}
-    all_sad = {g: np.concatenate([s.sad[s.in_film] for c, _, s, _ in scans if c.is_abnormal == (g == "pneumonia")])
-               for g in ("normal", "pneumonia")}
+    lung_sad = {"normal": pooled_sad(scanned, False), "pneumonia": pooled_sad(scanned, True)}
+    all_sad = {"normal": pooled_sad(scanned, False, "film"), "pneumonia": pooled_sad(scanned, True, "film")}
     save_sad_histogram(out / "sad_histogram_lung_patches.png", lung_sad, title="Lung-patch SAD, validation films")
     save_sad_histogram(out / "sad_histogram_all_patches.png", all_sad, title="All-patch SAD, validation films")
     subtypes = {}
-    for case, _, scan, _ in scans:
-        subtypes.setdefault(case.extra.get("subtype", "?") or "?", []).append(scan.sad[scan.in_lung])
+    for s in scanned:
+        subtypes.setdefault(s.case.extra.get("subtype", "?") or "?", []).append(s.scan.sad[s.scan.in_lung])
     save_sad_histogram(out / "sad_histogram_by_subtype.png", {k: np.concatenate(v) for k, v in subtypes.items()},
                        title="Lung-patch SAD by subtype")
     patch_auroc = image_auroc(np.r_[np.zeros(len(lung_sad["normal"])), np.ones(len(lung_sad["pneumonia"]))],
@@ -164,18 +146,17 @@ def run_patch_ae(args, train, calibration, test, out: Path) -> dict:
     print(f"patch level: lung-patch SAD normal {np.median(lung_sad['normal']):.4f} vs pneumonia "
           f"{np.median(lung_sad['pneumonia']):.4f} (medians), patch AUROC {patch_auroc:.3f}; KDE peaks in the pooled "
           f"SAD: lung patches {peaks['lung_patches']}, all patches {peaks['all_patches']} -> three separable peaks: "
-          f"{'yes' if 3 in peaks.values() else 'no'} (paper: no)")
+          f"{'yes' if 3 in peaks.values() else 'no'}")
 
     # The paper's range figure: patches above the normal films' 95th lung-patch SAD percentile.
     low, high = float(np.percentile(lung_sad["normal"], 95)), float(pooled_all.max())
-    shown = [s for s in scans if not s[0].is_abnormal][:2] + [s for s in scans if s[0].is_abnormal][:3]
-    for k, (case, film, scan, result) in enumerate(shown):
-        tag = "pneumonia" if case.is_abnormal else "normal"
-        lung = result.extras["lung_field"] > 0.5
-        save_patch_boxes(out / "patch_boxes" / f"{k}_{tag}_{Path(case.image).stem}.png", film, scan.corners, scan.sad,
-                         32, scan.info, low, high, lung=lung)
-        save_overlay(out / "sad_maps" / f"{k}_{tag}_{Path(case.image).stem}.png", film, result.map,
-                     title=f"{tag}: SAD map, lung_mean {result.meta['sad_scores']['lung_mean']:.4f}")
+    shown = [s for s in scanned if not s.case.is_abnormal][:2] + [s for s in scanned if s.case.is_abnormal][:3]
+    for k, s in enumerate(shown):
+        tag, stem = ("pneumonia" if s.case.is_abnormal else "normal"), Path(s.case.image).stem
+        save_patch_boxes(out / "patch_boxes" / f"{k}_{tag}_{stem}.png", s.film, s.scan.corners, s.scan.sad,
+                         32, s.scan.info, low, high, lung=s.lung)
+        save_overlay(out / "sad_maps" / f"{k}_{tag}_{stem}.png", s.film, s.sad_map,
+                     title=f"{tag}: SAD map, lung_mean {s.scores['lung_mean']:.4f}")
     print(f"figures: {out}/sad_histogram_*.png, patch_boxes/ (SAD in [{low:.4f}, {high:.4f}]), sad_maps/")
     return {"ae_train_seconds": train_seconds, "ae_training_patches": patches, "ae_epochs": len(history),
             "ae_auroc": aurocs, "ae_seconds_per_film": float(np.mean(seconds)), "ae_patch_auroc": patch_auroc,
@@ -194,22 +175,14 @@ def run_cnn(args, train_all, calibration, test, out: Path) -> dict:
     train_seconds = time.perf_counter() - started
     print(f"pneumonia-cnn: trained on {len(training)} films ({model.class_counts}), {len(history)} epochs, loss "
           f"{history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}, {train_seconds:.0f} s")
-    labels, scores, predicted, seconds = [], [], [], []
+    evaluation = evaluate_classifier(model, test)
     for k, case in enumerate(test):
-        item = load_case(case)
-        started = time.perf_counter()
-        result = model.predict(item.image)
-        seconds.append(time.perf_counter() - started)
-        labels.append(int(case.is_abnormal))
-        scores.append(result.score)
-        predicted.append(int(result.meta["predicted_class"] != "normal"))
         if k % max(1, len(test) // 6) == 0:
             tag = "pneumonia" if case.is_abnormal else "normal"
-            save_overlay(out / "gradcam" / f"{k}_{tag}_{Path(case.image).stem}.png", item.image.array, result.map,
-                         title=f"{tag}: Grad-CAM, P(pneumonia) {result.score:.3f}")
-    labels, predicted = np.array(labels), np.array(predicted)
-    auroc, accuracy = image_auroc(labels, scores), float(np.mean(labels == predicted))
-    balanced = float(np.mean([np.mean(predicted[labels == c] == c) for c in (0, 1)]))
+            save_overlay(out / "gradcam" / f"{k}_{tag}_{Path(case.image).stem}.png", evaluation.films[k],
+                         evaluation.results[k].map, title=f"{tag}: Grad-CAM, P(pneumonia) {evaluation.scores[k]:.3f}")
+    auroc, accuracy, balanced = evaluation.auroc, evaluation.accuracy, evaluation.balanced_accuracy
+    seconds = evaluation.seconds
     print(f"pneumonia-cnn on the same validation films: AUROC {auroc:.3f}, accuracy {accuracy:.3f} "
           f"(balanced {balanced:.3f}), {np.mean(seconds):.3f} s per film (with Grad-CAM)")
     return {"cnn_auroc": auroc, "cnn_accuracy": accuracy, "cnn_balanced_accuracy": balanced,
