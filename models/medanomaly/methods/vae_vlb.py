@@ -1,7 +1,9 @@
 """Variational autoencoder scored by its variational lower bound (chest X-ray).
 
 Films are scaled to [0, 1] and resized to 100^2 keeping the aspect ratio, padded with the image minimum; no
-flips or rotations. Pixels are modelled as Bernoulli given a 256-d Gaussian latent (MONAI VarAutoEncoder). The
+flips or rotations. Pixels are modelled as Bernoulli given a 256-d Gaussian latent. `architecture` picks the network:
+"conv" (MONAI VarAutoEncoder, the default) or "dense", the paper's fully connected VAE on the 10,000 flattened
+pixels (MONAI VarFullyConnectedNet, hidden widths `dense_hidden`). The
 anomaly score is -VLB = E_q[-log p(x|z)] + KL(q(z|x) || p(z)) in nats, the expectation estimated by Monte Carlo
 with `vlb_samples` draws of z ~ q(z|x): a film the model finds unlikely (disease, or not a chest film at all)
 scores high. The map is the per-pixel reconstruction term E_q[-log p(x_ij|z)], averaged over the same draws.
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 from ..base import SliceScores
 from ..losses import gaussian_kl
 from ..modalities import CHEST, CHEST_FILM_MODALITIES
+from ..nets.dense_vae import DenseVarAutoEncoder
 from ..nets.padded_vae import PaddedVarAutoEncoder
 from ..preprocess import to_tensor_batch, undo_resize
 from ..reconstruction import FilmReconstructionModel
@@ -33,8 +36,10 @@ class VLBVariationalAutoEncoderModel(FilmReconstructionModel):
         **FilmReconstructionModel.default_config,
         "image_size": 100,
         "latent_size": 256,
-        "channels": [16, 32, 64],
-        "strides": [2, 2, 2],
+        "architecture": "conv",  # "conv": convolutional encoder/decoder; "dense": the paper's fully connected VAE
+        "channels": [16, 32, 64],  # conv only
+        "strides": [2, 2, 2],  # conv only
+        "dense_hidden": [512],  # dense only: hidden layer widths of the encoder (mirrored in the decoder)
         "vlb_samples": 3,  # Monte Carlo draws of z per film for the VLB estimate
         "batch_size": 100,
         "learning_rate": 1e-4,  # RMSProp at 1e-3 let the KL term blow up within an epoch
@@ -45,6 +50,12 @@ class VLBVariationalAutoEncoderModel(FilmReconstructionModel):
                     "vlb_samples": 2}
 
     def build_network(self) -> torch.nn.Module:
+        architecture = self.config["architecture"]
+        if architecture == "dense":
+            return DenseVarAutoEncoder(int(self.config["image_size"]), int(self.config["latent_size"]),
+                                       self.config["dense_hidden"])
+        if architecture != "conv":
+            raise ValueError(f"{self.name}: architecture must be 'conv' or 'dense', got {architecture!r}")
         return PaddedVarAutoEncoder(int(self.config["image_size"]), int(self.config["latent_size"]),
                                     self.config["channels"], self.config["strides"])
 
@@ -76,18 +87,24 @@ class VLBVariationalAutoEncoderModel(FilmReconstructionModel):
         pixel_terms /= samples
         return pixel_terms.flatten(1).sum(dim=1) + gaussian_kl(mu, log_var), pixel_terms[:, 0]
 
+    @torch.no_grad()
+    def score_squares(self, squares) -> tuple[np.ndarray, np.ndarray]:
+        """-VLB (N,) and per-pixel reconstruction terms (N, S, S) of preprocessed squares, in batches.
+
+        Draws are seeded per call so that the same film gets the same score every time it is sent."""
+        batch_size = int(self.config["predict_batch_size"])
+        generator = torch.Generator(device=self.device).manual_seed(int(self.config["seed"]))
+        scores, maps = [], []
+        for start in range(0, len(squares), batch_size):
+            vlb, terms = self.negative_vlb(to_tensor_batch(list(squares[start:start + batch_size]), self.device),
+                                           generator)
+            scores.append(vlb.cpu().numpy())
+            maps.append(terms.cpu().numpy())
+        return np.concatenate(scores).astype(float), np.concatenate(maps)
+
     def score_slices(self, slices: list[np.ndarray]) -> SliceScores:
         prepared = [self.preprocess(s) for s in slices]
-        batch_size = int(self.config["predict_batch_size"])
-        # Draws are seeded per call so that the same film gets the same score every time it is sent.
-        generator = torch.Generator(device=self.device).manual_seed(int(self.config["seed"]))
-        scores, squares = [], []
-        for start in range(0, len(prepared), batch_size):
-            x = to_tensor_batch([square for square, _ in prepared[start:start + batch_size]], self.device)
-            vlb, maps = self.negative_vlb(x, generator)
-            scores.append(vlb.cpu().numpy())
-            squares.append(maps.cpu().numpy())
-        squares = np.concatenate(squares)
+        scores, squares = self.score_squares([square for square, _ in prepared])
         maps = [undo_resize(square, info) for square, (_, info) in zip(squares, prepared)]
-        return SliceScores(scores=np.concatenate(scores).astype(float), maps=maps,
+        return SliceScores(scores=scores, maps=maps,
                            meta={"vlb_samples": int(self.config["vlb_samples"]), "score": "negative VLB (nats)"})
