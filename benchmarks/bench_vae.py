@@ -4,7 +4,8 @@ Brain MRI (BraTS 2015, FLAIR and T1c): train on the tumour-free slices of the tr
 the validation cases, pixel AUROC / AUPRC / best Dice inside the brain mask against tumour (label > 0). Rows as
 in the uncertainty-VAE paper: raw intensity, AE, DAE, VAE squared error, VAE-L, VAE-U, VAE-E, GMM.
 Chest films: the VLB VAE on Kermany normal vs pneumonia (a capped subset), and the same model as an
-out-of-distribution screen on the DICOM / NIfTI samples (chest CR/DX = in distribution).
+out-of-distribution screen on the DICOM / NIfTI samples (chest CR/DX = in distribution;
+`medanomaly.modality_screen.score_samples`). The chest paper's own protocol is `python -m medanomaly reproduce vlb-vae`.
 
 Sizes are reduced to fit about 20 minutes on two busy CPU cores (few epochs, every n-th validation slice, capped
 Kermany subset); the flags restore larger runs. Usage:
@@ -22,30 +23,12 @@ import torch
 
 import medanomaly
 from medanomaly import metrics
-from medanomaly.brain import background_level, derive_brain_mask
+from medanomaly.brain_evaluation import VAE_ROWS, brain_maps, pixel_figures, raw_intensity_map
 from medanomaly.data.builders import BUILDERS, default_data_root
 from medanomaly.data.manifest import load_case, read_manifest
-from medanomaly.errors import UnsupportedImageError
-from medanomaly.io import read_image
-from medanomaly.preprocess import normalise_by_median
+from medanomaly.modality_screen import score_samples
 
 ROWS = ("raw intensity", "AE", "DAE", "VAE squared error", "VAE-L", "VAE-U", "VAE-E", "GMM")
-
-
-def raw_intensity_map(slice_2d: np.ndarray) -> np.ndarray:
-    """The baseline map: the brain-normalised intensity itself (tumour is bright on FLAIR)."""
-    brain = derive_brain_mask(slice_2d)
-    if not brain.any():
-        return np.zeros(slice_2d.shape, np.float32)
-    shifted = slice_2d - background_level(slice_2d, brain)
-    brain &= shifted > 0
-    return normalise_by_median(shifted, brain) if brain.any() else np.zeros(slice_2d.shape, np.float32)
-
-
-def pixel_figures(masks, maps, rois) -> dict:
-    dice, _ = metrics.best_dice(masks, maps, roi=rois)
-    return {"auroc": metrics.pixel_auroc(masks, maps, roi=rois), "auprc": metrics.pixel_auprc(masks, maps, roi=rois),
-            "dice": dice}
 
 
 def brain_sequence(sequence: str, args, work: Path) -> dict:
@@ -60,11 +43,11 @@ def brain_sequence(sequence: str, args, work: Path) -> dict:
           f"{sum(v.is_abnormal for v in val)} with tumour", flush=True)
 
     figures = {"raw intensity": pixel_figures(masks, [raw_intensity_map(v.image.array) for v in val], rois)}
+    shared = {"base_channels": args.nc, "latent_size": args.nz}  # AE and DAE share the VAE's encoder
     runs = [
-        ("AE", "brain-ae", {"channels": args.ae_channels, "epochs": args.brain_epochs}),
-        ("DAE", "brain-dae", {"channels": args.ae_channels, "epochs": args.brain_epochs}),
-        ("VAE", "vae-uncertainty", {"base_channels": args.nc, "latent_channels": args.nz, "epochs": args.vae_epochs,
-                                    "batch_size": args.vae_batch}),
+        ("AE", "brain-ae", {**shared, "epochs": args.brain_epochs}),
+        ("DAE", "brain-dae", {**shared, "epochs": args.brain_epochs}),
+        ("VAE", "vae-uncertainty", {**shared, "epochs": args.vae_epochs, "batch_size": args.vae_batch}),
         ("GMM", "gmm", {"components": args.gmm_components}),
     ]
     for label, name, config in runs:
@@ -72,16 +55,14 @@ def brain_sequence(sequence: str, args, work: Path) -> dict:
         model = medanomaly.create(name, **config)
         history = model.fit(train, val=calibration, progress=False)
         trained = time.perf_counter() - started
-        results = [model.predict(item.image) for item in val]
+        maps, seconds = brain_maps(model, [item.image for item in val])
         print(f"  {label:4s} ({name}, {config}): fit {trained:.0f} s, final loss {history[-1]['loss']:.4g}, "
-              f"predict {(time.perf_counter() - started - trained) / len(val):.3f} s/slice", flush=True)
+              f"predict {seconds:.3f} s/slice", flush=True)
         if label == "VAE":
-            figures["VAE squared error"] = pixel_figures(masks, [r.extras["squared"] for r in results], rois)
-            figures["VAE-L"] = pixel_figures(masks, [r.extras["L"] for r in results], rois)
-            figures["VAE-U"] = pixel_figures(masks, [r.extras["U"] for r in results], rois)
-            figures["VAE-E"] = pixel_figures(masks, [r.map for r in results], rois)
+            for ours, row in VAE_ROWS.items():
+                figures[row] = pixel_figures(masks, maps[ours], rois)
         else:
-            figures[label] = pixel_figures(masks, [r.map for r in results], rois)
+            figures[label] = pixel_figures(masks, maps[model.map_name()], rois)
     return figures
 
 
@@ -102,12 +83,13 @@ def chest(args, work: Path) -> None:
     train = [load_case(case) for case in read_manifest(paths["train"])]
     val = [load_case(case) for case in read_manifest(paths["val"])][::args.kermany_val_stride]
     started = time.perf_counter()
-    model = medanomaly.create("vae-vlb", epochs=args.chest_epochs)
+    model = medanomaly.create("vae-vlb", epochs=args.chest_epochs, architecture=args.vae_architecture)
     history = model.fit(train, val=train[:10], progress=False)
     trained = time.perf_counter() - started
     scores = [model.predict(item.image).score for item in val]
     labels = [int(item.is_abnormal) for item in val]
-    print(f"\nChest films, VLB VAE (100^2, latent 256, RMSProp, batch 100, {args.chest_epochs} epochs on "
+    print(f"\nChest films, VLB VAE ({args.vae_architecture}, 100^2, latent 256, RMSProp, batch 100, "
+          f"{args.chest_epochs} epochs on "
           f"{len(train)} Kermany normal films; fit {trained:.0f} s, final -ELBO {history[-1]['loss']:.1f} nats)")
     print(f"  Kermany val normal vs pneumonia ({labels.count(0)} + {labels.count(1)} films): image AUROC "
           f"{metrics.image_auroc(labels, scores):.3f}, AUPRC {metrics.image_auprc(labels, scores):.3f}  "
@@ -115,24 +97,21 @@ def chest(args, work: Path) -> None:
     print(f"  mean -VLB: normal {np.mean([s for s, y in zip(scores, labels) if y == 0]):.1f}, "
           f"pneumonia {np.mean([s for s, y in zip(scores, labels) if y == 1]):.1f} nats")
 
-    screen = read_manifest(BUILDERS["dicom_samples"](args.data_root, work / "dicom")["test"])
+    records, refused = score_samples([model], args.data_root, work / "dicom")
     print("\n  Out-of-distribution screen on the DICOM / NIfTI samples (label 0 = chest CR/DX, 1 = other):")
-    ood_labels, ood_scores, refused = [], [], []
-    for case in screen:
-        modality = f"{case.extra.get('modality', '')}/{case.extra.get('body_part', '') or '-'}"
-        try:
-            image = read_image(case.image)
-        except UnsupportedImageError as error:
-            refused.append(case.image.name)
-            print(f"    {case.image.name:40s} {modality:14s} label {case.label}: refused ({error})")
-            continue
-        result = model.predict(image)
-        shape = "x".join(str(n) for n in image.shape)
-        print(f"    {case.image.name:40s} {modality:14s} label {case.label}: -VLB {result.score:9.1f}  ({shape})")
-        ood_labels.append(int(case.label))
-        ood_scores.append(result.score)
-    print(f"  OOD screen AUROC {metrics.image_auroc(ood_labels, ood_scores):.3f} over {len(ood_labels)} images "
-          f"({ood_labels.count(0)} chest, {ood_labels.count(1)} other); refused: {len(refused)} {refused}")
+    for record in records:
+        modality = f"{record['modality']}/{record['body_part']}"
+        shape = "x".join(str(n) for n in record["shape"])
+        print(f"    {record['file']:40s} {modality:14s} label {record['label']}: -VLB {record['scores'][0]:9.1f}  "
+              f"({shape})")
+    for name, why in refused:
+        print(f"    {name:40s} refused ({why})")
+    ood_labels = [record["label"] for record in records]
+    print(f"  OOD screen AUROC {metrics.image_auroc(ood_labels, [r['scores'][0] for r in records]):.3f} over "
+          f"{len(records)} images ({ood_labels.count(0)} chest, {ood_labels.count(1)} other); refused: "
+          f"{len(refused)} {[name for name, _ in refused]}")
+    print("  (the paper's full protocol, with the fully connected VAE and the modality CNN: "
+          "python -m medanomaly reproduce vlb-vae)")
 
 
 def main() -> None:
@@ -145,10 +124,13 @@ def main() -> None:
                         help="small batches: 96 training slices give the VAE 12 steps an epoch")
     parser.add_argument("--val-stride", type=int, default=4, help="score every n-th validation slice")
     parser.add_argument("--nc", type=int, default=8, help="Nc of the uncertainty VAE (8, 16 or 32)")
-    parser.add_argument("--nz", type=int, default=64, help="Nz, latent channels of the uncertainty VAE")
-    parser.add_argument("--ae-channels", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--nz", type=int, default=128,
+                        help="Nz of the uncertainty VAE (its latent vector: half mean, half log-variance); the AE "
+                             "and DAE get the same encoder with an Nz / 2 code")
     parser.add_argument("--gmm-components", type=int, default=4)
     parser.add_argument("--chest-epochs", type=int, default=6)
+    parser.add_argument("--vae-architecture", choices=("conv", "dense"), default="conv",
+                        help="the VLB VAE's network: convolutional, or the paper's fully connected one")
     parser.add_argument("--kermany-per-class", type=int, default=400)
     parser.add_argument("--kermany-val-stride", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
