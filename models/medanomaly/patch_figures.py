@@ -74,7 +74,7 @@ def patch_pairs_figure(inputs, outputs, names, bins: int = 32):
 def sad_maps_figure(films, maps, lungs, titles, columns: int = 4):
     """SAD maps over their films (lung outline in cyan), several films side by side on one colour scale."""
     rows = int(np.ceil(len(films) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.1 * rows), dpi=100, squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.5 * rows), dpi=100, squeeze=False)
     high = max(float(np.percentile(m, 99.5)) for m in maps)
     for axis, film, sad, lung, title in zip(axes.ravel(), films, maps, lungs, titles):
         axis.imshow(film, cmap="gray")
