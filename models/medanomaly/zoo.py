@@ -107,6 +107,8 @@ RECIPES = {
     "patchcore-mammo": Recipe("mini_mias", {}, minutes=15, calibrate_per_class=10, report_per_class=26,
                               subset_per_class=1, pixel_roi="map", failure_modes=(
         "Research use only (mini-MIAS licence).",
+        "The score is the map's mean over the breast (it ranked the validation women best): a dense or unusual "
+        "breast raises it as a whole, and a small lesion in an otherwise ordinary breast moves it little.",
         "Screen-film mammograms digitised at 200 um: digital mammograms (other contrast, processing) are out of "
         "distribution.",
         "Dense glandular tissue and the pectoral muscle edge score high; architectural distortion and asymmetry "
