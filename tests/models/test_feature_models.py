@@ -117,16 +117,34 @@ def test_mammogram_map_is_stitched_at_full_resolution(data_root, tmp_path):
     paths = BUILDERS["mini_mias"](data_root, tmp_path / "mias")
     normals = read_manifest(paths["train"])[:3]
     sick = next(case for case in read_manifest(paths["val"]) if case.is_abnormal and case.circles)
-    model = medanomaly.create("patchcore-mammo", coreset_size=1000)
+    model = medanomaly.create("patchcore-mammo", coreset_size=1000, breast_side="left", train_flips=True,
+                              patch_stride=128, image_score="max")
     history = model.fit(normals, val=normals[:1], progress=False)
-    assert history[0]["images"] >= 3 * 4  # several breast tiles per film
+    assert history[0]["images"] >= 3 * 4 * 2  # several breast tiles per film, and their mirrors
 
     loaded = load_case(sick)
     result = model.predict(loaded.image)
     assert result.map.shape == loaded.image.shape == (1024, 1024)
-    assert result.meta["n_tiles"][0] >= 4
+    n_tiles = result.meta["n_tiles"][0]
+    assert n_tiles >= 4 and len(result.meta["tile_max"][0]) == n_tiles
     film = loaded.image.array
-    assert result.map[film <= np.percentile(film, 5)].max() == 0  # dark background outside the breast: no map
+    # Flipped to score, flipped back: the dark background outside the breast has no map on the film's own grid.
+    assert result.map[film <= np.percentile(film, 5)].max() == 0
+    top = model.predict(loaded.image, image_score="top_tiles", top_tiles=3)
+    assert top.score == pytest.approx(np.mean(sorted(result.meta["tile_max"][0])[-3:]))
+    assert top.score <= result.score + 1e-6 and max(result.meta["tile_max"][0]) == pytest.approx(result.score)
+
+
+def test_mammograms_of_both_sides_are_turned_chest_wall_left(data_root):
+    """mdb001 and mdb002 are the two breasts of one woman: one is mirrored, and then both lie the same way."""
+    model = medanomaly.create("patchcore-mammo", breast_side="left", coreset_size=64)
+    films = [read_image(data_root / "mini_mias" / "images" / f"mdb00{n}.png").array for n in (1, 2)]
+    turned = [model.oriented(film) for film in films]
+    assert sorted(flipped for _, flipped in turned) == [False, True]
+    for film, _ in turned:
+        half = film.shape[1] // 2
+        assert film[:, :half].mean() > film[:, half:].mean()  # the breast on the left half
+    assert medanomaly.create("patchcore-mammo").oriented(films[0])[1] is False  # as given by default
 
 
 def test_brain_volume_map_keeps_the_volume_geometry(data_root, tmp_path):
@@ -143,6 +161,10 @@ def test_brain_volume_map_keeps_the_volume_geometry(data_root, tmp_path):
     # FLAIR tumour and oedema are far from any normal brain patch.
     auroc = pixel_auroc([tumour], [result.map], roi=[brain])
     assert auroc > 0.85, auroc
+    # The intensity term (FLAIR lesions are brighter than any normal brain) joins the distance at full resolution.
+    combined = model.predict(volume, intensity_weight=1.0)
+    np.testing.assert_allclose(combined.map, combined.extras["distance"] + combined.extras["intensity"], atol=1e-4)
+    assert pixel_auroc([tumour], [combined.extras["intensity"]], roi=[brain]) > 0.9
 
 
 def test_feature_models_declare_what_they_read():
