@@ -358,6 +358,103 @@ def build_brats(data_root, out_dir, sequence: str = "Flair", min_brain_fraction:
     return _write_all(out_dir, {"train": train, "val": val})
 
 
+# ---------------------------------------------------------------------------------------------- healthy brains
+
+
+HEALTHY_SPACING_MM = 1.0  # the grid every healthy volume is resampled to: BraTS's own 1 mm
+
+
+def _write_if_missing(image, path: Path) -> Path:
+    """Write a derived volume once (atomically); a later build reuses it."""
+    import SimpleITK as sitk
+
+    from ..atomic import atomic_destination
+
+    if not path.exists():
+        with atomic_destination(path, suffix=".nii.gz") as temporary:
+            sitk.WriteImage(image, str(temporary))
+    return path
+
+
+def _healthy_volume(source: Path, out_dir: Path, name: str, mask_from_template: bool) -> tuple[Path, Path]:
+    """`source` reoriented to BraTS's LPS axes (so numpy axis 0 is axial), resampled to 1 mm, and its brain mask:
+    the template's own support (the MNI152 T1 is already brain-only), or `strip_skull_t1` on the native grid."""
+    import SimpleITK as sitk
+
+    from ..brain import strip_skull_t1
+
+    image_path, mask_path = out_dir / f"{name}_T1.nii.gz", out_dir / f"{name}_brainmask.nii.gz"
+    if image_path.exists() and mask_path.exists():
+        return image_path, mask_path
+    image = sitk.DICOMOrient(sitk.ReadImage(str(source), sitk.sitkFloat32), "LPS")
+    array = sitk.GetArrayFromImage(image)
+    if mask_from_template:
+        from scipy import ndimage
+
+        brain = np.stack([ndimage.binary_fill_holes(axial) for axial in array > 0])
+    else:
+        brain = strip_skull_t1(array)
+    mask = sitk.GetImageFromArray(brain.astype(np.uint8))
+    mask.CopyInformation(image)
+    spacing = [HEALTHY_SPACING_MM] * 3
+    size = [int(round(n * s / HEALTHY_SPACING_MM)) for n, s in zip(image.GetSize(), image.GetSpacing())]
+    grid = dict(size=size, outputOrigin=image.GetOrigin(), outputSpacing=spacing,
+                outputDirection=image.GetDirection())
+    resampled = sitk.Resample(image, transform=sitk.Transform(), interpolator=sitk.sitkLinear, defaultPixelValue=0.0,
+                              outputPixelType=sitk.sitkFloat32, **grid)
+    resampled_mask = sitk.Resample(mask, transform=sitk.Transform(), interpolator=sitk.sitkNearestNeighbor,
+                                   defaultPixelValue=0, outputPixelType=sitk.sitkUInt8, **grid)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return _write_if_missing(resampled, image_path), _write_if_missing(resampled_mask, mask_path)
+
+
+def build_healthy_brains(data_root, out_dir, template_stride: int = 2, min_brain_fraction: float = 0.05,
+                         test_sequence: str = "T1c") -> dict:
+    """Healthy T1 brains to train on, and BraTS tumour cases to tune and test on, one row per axial slice.
+
+    train.csv: the IXI T1 volumes of nifti/ixi_nichart (CC BY-SA 3.0; IsCN = 1 in participants.csv) and the
+    MNI152 2009a T1 template of nifti/nilearn_mni152 (every `template_stride`-th axial slice, so that one average
+    brain does not outweigh the real ones). Each is reoriented to LPS, resampled to 1 mm and written with its brain
+    mask under out_dir/volumes/ (the mask is the `roi` column): IXI is not skull-stripped, so its mask comes from
+    `medanomaly.brain.strip_skull_t1`; the template is brain-only already.
+    val.csv / test.csv: every brain slice of the BraTS train / validation cases in `test_sequence` (T1c is the
+    sequence closest to a T1), label 1 where the slice has tumour, mask = tumour, roi = brain mask: val tunes
+    (thresholds, hyper-parameters), test reports. No BraTS slice is ever trained on. Without a brats2015 folder
+    only train.csv is written.
+    """
+    root = (Path(data_root) if data_root is not None else default_data_root()).resolve()
+    ixi = _require(root / "nifti" / "ixi_nichart", "IXI folder")
+    healthy = {row["MRID"]: row for row in _read_csv(ixi / "participants.csv") if row.get("IsCN", "1") == "1"}
+    sources = [(ixi / f"{name}_T1.nii.gz", name, False) for name in sorted(healthy)]
+    template = root / "nifti" / "nilearn_mni152" / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+    if template.exists():
+        sources.append((template, "MNI152_2009a", True))
+    _check_images_exist([{"image": path} for path, _, _ in sources], "healthy brain")
+
+    import SimpleITK as sitk
+
+    volumes = Path(out_dir).resolve() / "volumes"  # manifest rows must not depend on the cwd
+    train = []
+    for source, name, is_template in sources:
+        image_path, mask_path = _healthy_volume(source, volumes, name, is_template)
+        brain = sitk.GetArrayFromImage(sitk.ReadImage(str(mask_path))) > 0
+        fraction = brain.reshape(len(brain), -1).mean(axis=1)
+        indices = np.flatnonzero(fraction >= min_brain_fraction)
+        if is_template:
+            indices = indices[::template_stride]
+        train += [{"image": image_path, "label": 0, "slice": int(index), "roi": mask_path, "patient": name,
+                   "brain_fraction": round(float(fraction[index]), 4),
+                   "source": "MNI152 2009a template" if is_template else "IXI (CC BY-SA 3.0)"} for index in indices]
+    manifests = {"train": train}
+    brats = root / "brats2015"
+    if brats.is_dir():
+        for split, folder in (("val", "train"), ("test", "validation")):
+            manifests[split] = [row for case in _brats_cases(brats / folder, test_sequence)
+                                for row in _brats_slice_rows(case, test_sequence, min_brain_fraction)]
+    _assert_disjoint(manifests)
+    return _write_all(out_dir, manifests)
+
+
 # ---------------------------------------------------------------------------------------------- DICOM screen
 
 
@@ -419,4 +516,5 @@ BUILDERS = {
     "nih": build_nih,
     "brats": build_brats,
     "dicom_samples": build_dicom_samples,
+    "healthy_brains": build_healthy_brains,
 }

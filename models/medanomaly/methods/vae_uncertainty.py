@@ -19,13 +19,17 @@ MAP_NAMES = ("E", "U", "L", "squared")
 
 @register("vae-uncertainty")
 class UncertaintyVAEModel(BrainSliceModel):
-    description = ("Uncertainty-aware VAE for brain MRI slices (128^2, median-normalised inside the brain). The "
-                   "decoder predicts a mean and a variance per pixel. Maps: E = (x-mu)^2/(2 sigma^2) (default), "
-                   "U = log(2 pi sigma^2)/2, L = U + E, squared error; score: mean of the map inside the brain.")
+    description = ("Uncertainty-aware VAE for brain MRI slices (cropped to the brain, 128^2, intensities scaled "
+                   "between the 1st percentile and the median inside the brain). The decoder predicts a mean and a "
+                   "variance per pixel. Maps: E = (x-mu)^2/(2 sigma^2) (default), U = log(2 pi sigma^2)/2, "
+                   "L = U + E, squared error; score: mean of the map inside the brain.")
+    version = "2"  # 2: one Nz-long latent vector (mu_z and log sigma^2_z halves), brain crop, percentile scaling
     default_config = {
         **BrainSliceModel.default_config,
+        "intensity": "percentile",
+        "crop_to_brain": True,
         "base_channels": 16,  # Nc in {8, 16, 32}: layer n of the encoder has Nc * 2^(n-1) channels
-        "latent_channels": 64,  # Nz: the latent is 2 x 2 x Nz for a 128^2 slice
+        "latent_size": 128,  # Nz: the encoder's output vector, half mu_z and half log sigma^2_z (z is Nz / 2)
         "min_log_variance": -9.0,
         "anomaly_map": "E",  # which of E, U, L, squared is the result's map (the others go to extras)
         "learning_rate": 1e-3,
@@ -36,18 +40,16 @@ class UncertaintyVAEModel(BrainSliceModel):
     inference_keys = ("anomaly_map",)
     default_map = "E"
     uncertainty_map = "U"  # aleatoric: in extras unless chosen as the map itself
-    smoke_config = {**BrainSliceModel.smoke_config, "image_size": 64, "base_channels": 4, "latent_channels": 8}
+    smoke_config = {**BrainSliceModel.smoke_config, "image_size": 64, "base_channels": 4, "latent_size": 8}
 
     def __init__(self, **config):
         super().__init__(**config)
         if self.config["anomaly_map"] not in MAP_NAMES:
             raise ValueError(f"anomaly_map must be one of {MAP_NAMES}, got {self.config['anomaly_map']!r}")
-        if int(self.config["image_size"]) % 64:
-            raise ValueError(f"image_size must be a multiple of 64 (six stride-2 layers), got {self.config['image_size']}")
 
     def build_network(self) -> torch.nn.Module:
-        return UncertaintyVAE(1, int(self.config["base_channels"]), int(self.config["latent_channels"]),
-                              float(self.config["min_log_variance"]))
+        return UncertaintyVAE(1, int(self.config["base_channels"]), int(self.config["latent_size"]),
+                              float(self.config["min_log_variance"]), int(self.config["image_size"]))
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.network.parameters(), lr=self.config["learning_rate"],
