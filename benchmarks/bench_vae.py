@@ -23,29 +23,12 @@ import torch
 
 import medanomaly
 from medanomaly import metrics
-from medanomaly.brain import background_level, derive_brain_mask
+from medanomaly.brain_evaluation import VAE_ROWS, brain_maps, pixel_figures, raw_intensity_map
 from medanomaly.data.builders import BUILDERS, default_data_root
 from medanomaly.data.manifest import load_case, read_manifest
 from medanomaly.modality_screen import score_samples
-from medanomaly.preprocess import normalise_by_median
 
 ROWS = ("raw intensity", "AE", "DAE", "VAE squared error", "VAE-L", "VAE-U", "VAE-E", "GMM")
-
-
-def raw_intensity_map(slice_2d: np.ndarray) -> np.ndarray:
-    """The baseline map: the brain-normalised intensity itself (tumour is bright on FLAIR)."""
-    brain = derive_brain_mask(slice_2d)
-    if not brain.any():
-        return np.zeros(slice_2d.shape, np.float32)
-    shifted = slice_2d - background_level(slice_2d, brain)
-    brain &= shifted > 0
-    return normalise_by_median(shifted, brain) if brain.any() else np.zeros(slice_2d.shape, np.float32)
-
-
-def pixel_figures(masks, maps, rois) -> dict:
-    dice, _ = metrics.best_dice(masks, maps, roi=rois)
-    return {"auroc": metrics.pixel_auroc(masks, maps, roi=rois), "auprc": metrics.pixel_auprc(masks, maps, roi=rois),
-            "dice": dice}
 
 
 def brain_sequence(sequence: str, args, work: Path) -> dict:
@@ -60,11 +43,11 @@ def brain_sequence(sequence: str, args, work: Path) -> dict:
           f"{sum(v.is_abnormal for v in val)} with tumour", flush=True)
 
     figures = {"raw intensity": pixel_figures(masks, [raw_intensity_map(v.image.array) for v in val], rois)}
+    shared = {"base_channels": args.nc, "latent_size": args.nz}  # AE and DAE share the VAE's encoder
     runs = [
-        ("AE", "brain-ae", {"channels": args.ae_channels, "epochs": args.brain_epochs}),
-        ("DAE", "brain-dae", {"channels": args.ae_channels, "epochs": args.brain_epochs}),
-        ("VAE", "vae-uncertainty", {"base_channels": args.nc, "latent_channels": args.nz, "epochs": args.vae_epochs,
-                                    "batch_size": args.vae_batch}),
+        ("AE", "brain-ae", {**shared, "epochs": args.brain_epochs}),
+        ("DAE", "brain-dae", {**shared, "epochs": args.brain_epochs}),
+        ("VAE", "vae-uncertainty", {**shared, "epochs": args.vae_epochs, "batch_size": args.vae_batch}),
         ("GMM", "gmm", {"components": args.gmm_components}),
     ]
     for label, name, config in runs:
@@ -72,16 +55,14 @@ def brain_sequence(sequence: str, args, work: Path) -> dict:
         model = medanomaly.create(name, **config)
         history = model.fit(train, val=calibration, progress=False)
         trained = time.perf_counter() - started
-        results = [model.predict(item.image) for item in val]
+        maps, seconds = brain_maps(model, [item.image for item in val])
         print(f"  {label:4s} ({name}, {config}): fit {trained:.0f} s, final loss {history[-1]['loss']:.4g}, "
-              f"predict {(time.perf_counter() - started - trained) / len(val):.3f} s/slice", flush=True)
+              f"predict {seconds:.3f} s/slice", flush=True)
         if label == "VAE":
-            figures["VAE squared error"] = pixel_figures(masks, [r.extras["squared"] for r in results], rois)
-            figures["VAE-L"] = pixel_figures(masks, [r.extras["L"] for r in results], rois)
-            figures["VAE-U"] = pixel_figures(masks, [r.extras["U"] for r in results], rois)
-            figures["VAE-E"] = pixel_figures(masks, [r.map for r in results], rois)
+            for ours, row in VAE_ROWS.items():
+                figures[row] = pixel_figures(masks, maps[ours], rois)
         else:
-            figures[label] = pixel_figures(masks, [r.map for r in results], rois)
+            figures[label] = pixel_figures(masks, maps[model.map_name()], rois)
     return figures
 
 
@@ -143,8 +124,9 @@ def main() -> None:
                         help="small batches: 96 training slices give the VAE 12 steps an epoch")
     parser.add_argument("--val-stride", type=int, default=4, help="score every n-th validation slice")
     parser.add_argument("--nc", type=int, default=8, help="Nc of the uncertainty VAE (8, 16 or 32)")
-    parser.add_argument("--nz", type=int, default=64, help="Nz, latent channels of the uncertainty VAE")
-    parser.add_argument("--ae-channels", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--nz", type=int, default=128,
+                        help="Nz of the uncertainty VAE (its latent vector: half mean, half log-variance); the AE "
+                             "and DAE get the same encoder with an Nz / 2 code")
     parser.add_argument("--gmm-components", type=int, default=4)
     parser.add_argument("--chest-epochs", type=int, default=6)
     parser.add_argument("--vae-architecture", choices=("conv", "dense"), default="conv",
