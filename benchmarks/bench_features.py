@@ -327,6 +327,13 @@ def summary(report: dict) -> None:
         print(f"  {label:52s} {value:8.3f} | {sense} {target:<6} | {verdict}")
     if "nih/gcm" in report:
         print(f"  GCM NIH box hits: {report['nih/gcm']['box_hits']}")
+    variants = {k.split("/", 1)[1]: v for k, v in report.items() if k.startswith("mias variant/")}
+    if variants:
+        print("\nmini-MIAS variants, image AUROC on the validation women by score rule (pixel AUROC in the breast):")
+        print(f"  {'variant':60s} " + " ".join(f"{str(rule):>11s}" for rule in MIAS_SCORE_RULES) + "       pixel")
+        for name, row in variants.items():
+            print(f"  {name:60s} " + " ".join(f"{row[f'val_auroc {rule}']:11.3f}" for rule in MIAS_SCORE_RULES)
+                  + f" {row['pixel_auroc_in_breast']:11.3f}")
     print("\nSeed methods as the README quotes them (not rerun):")
     for label, text in SEED_FIGURES.items():
         print(f"  {label}: {text}")
@@ -340,6 +347,8 @@ def main() -> None:
     parser.add_argument("--kermany-train", type=int, default=None, help="training normals (default: all)")
     parser.add_argument("--kermany-test-per-class", type=int, default=200,
                         help="held-out films per class, spread evenly over the split")
+    parser.add_argument("--merge", nargs="*", type=Path, default=[],
+                        help="results.json files of earlier runs to include in the table (--parts none: only that)")
     parser.add_argument("--kermany-auroc", action=argparse.BooleanOptionalAction, default=True,
                         help="Kermany: fit on the training normals and measure AUROC on held-out patients")
     parser.add_argument("--fit-all-normals", action=argparse.BooleanOptionalAction, default=False,
@@ -367,8 +376,12 @@ def main() -> None:
     print(f"CPU, {torch.get_num_threads()} torch threads; parts {args.parts}", flush=True)
     started = time.perf_counter()
     report: dict = {}
+    for earlier in args.merge:  # the parts' own runs, e.g. run apart on a busy machine
+        report.update(json.loads(earlier.read_text(encoding="utf-8")))
     parts = {"kermany": bench_kermany, "mias": bench_mias, "brats": bench_brats, "gcm": bench_gcm}
     for part in args.parts:
+        if part == "none":
+            continue
         parts[part](args, args.out, report)
         (args.out / "results.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     summary(report)
