@@ -74,13 +74,17 @@ class Recipe:
     # on the abnormal images with lesion outlines, since the empty background would flatter any map
     pixel_roi: str = "image"
     extra_figures: str = ""  # "module:function" (model, report cases) -> more figures for the card, if any
+    half_score_rtol: float = HALF_SCORE_RTOL  # the largest relative score change float16 weights may cause
 
 
 RECIPES = {
     "vae-uncertainty": Recipe("healthy_brains", {"base_channels": 8, "latent_size": 128, "epochs": 30,
                                                  "num_workers": 0},
                               minutes=25, calibrate_per_class=20, report_per_class=40,
-                              extra_figures="medanomaly.brain_evaluation:card_figures", failure_modes=(
+                              extra_figures="medanomaly.brain_evaluation:card_figures",
+                              # E divides by sigma^2: float16 weights move its mean by ~0.1 %, far inside the
+                              # distance between the normal and tumour slices' scores
+                              half_score_rtol=5e-3, failure_modes=(
         "Trained on three healthy brains (two IXI T1 volumes and the MNI152 template) for a short CPU budget: normal "
         "anatomy it has not seen (other ages, scanners, slice levels near the skull base) also scores high.",
         "Expects a skull-stripped T1-weighted volume (as BraTS): on a scan with skull the derived brain mask is the "
@@ -254,7 +258,8 @@ def score_cases(model, cases: list) -> list[float]:
     return [float(model.predict(item.image).score) for item in as_items(cases)]
 
 
-def write_shipped(name: str, checkpoint: Path, subset: list, out: Path, log=print) -> dict:
+def write_shipped(name: str, checkpoint: Path, subset: list, out: Path, log=print,
+                  half_score_rtol: float = HALF_SCORE_RTOL) -> dict:
     """Write out/NAME.pt: half precision when the regression subset's scores stay within HALF_SCORE_RTOL."""
     from . import load
     from .checkpoint import atomic_torch_save
@@ -266,7 +271,7 @@ def write_shipped(name: str, checkpoint: Path, subset: list, out: Path, log=prin
     atomic_torch_save(shipped_payload(checkpoint, half=True), trial)
     half_scores = np.asarray(score_cases(load(trial, device="cpu"), subset))
     change = float(np.max(np.abs(half_scores - reference) / np.maximum(np.abs(reference), 1e-12)))
-    half = change <= HALF_SCORE_RTOL
+    half = change <= half_score_rtol
     if half:
         trial.replace(target)
     else:
@@ -397,7 +402,7 @@ def build(name: str, data_root: Path, out: Path, work_root: Path = DEFAULT_WORK,
     sets = held_out_sets(name, recipe, data_root, work)
     checkpoint = train(name, recipe, sets, work, log)
     subset = pick_per_class(sets["report"], recipe.subset_per_class)
-    stored = write_shipped(name, checkpoint, subset, out, log)
+    stored = write_shipped(name, checkpoint, subset, out, log, recipe.half_score_rtol)
     measured = measure(name, sets, out, data_root, recipe.subset_per_class, recipe.pixel_roi)
     if recipe.extra_figures:
         import importlib
