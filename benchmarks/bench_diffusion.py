@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import medanomaly
 from medanomaly.base import as_items
 from medanomaly.data import BUILDERS
 from medanomaly.data.manifest import read_manifest
 from medanomaly.io import read_image
 from medanomaly.metrics import image_auroc, pixel_auroc
 from medanomaly.preprocess import foreground_mask, to_unit_range
+from medanomaly.reproduce.ddpm_mammography import balanced, train_cached
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,13 +56,6 @@ def parse_args():
     p.add_argument("--kermany-per-class", type=int, default=10, help="0 skips the chest-film benchmark")
     p.add_argument("--kermany-minutes", type=float, default=1.0)
     return p.parse_args()
-
-
-def balanced(items, count):
-    """First count/2 abnormal and the rest normal items in manifest order (a fixed, reproducible subset)."""
-    abnormal = [i for i in items if i.is_abnormal][: count // 2]
-    normal = [i for i in items if not i.is_abnormal][: count - len(abnormal)]
-    return abnormal + normal
 
 
 def run(model, items, **options):
@@ -111,16 +104,7 @@ def batched_seconds_per_evaluation(model, size: int, batch: int) -> float:
 
 def train(name, path, train_items, val_items, minutes, **config):
     """Train (or reuse the cached checkpoint), calibrating on a few validation films with the fast path."""
-    if path.exists():
-        return medanomaly.load(path)
-    model = medanomaly.create(name, **config)
-    started = time.perf_counter()
-    model.fit(train_items, val_items, minutes=minutes, progress=False, epochs=100000)
-    print(f"trained {name} {config.get('mode', '')} in {time.perf_counter() - started:.0f} s, "
-          f"{model.train_state['epoch']} epochs, last loss {model.train_state['history'][-1]['loss']:.4f}",
-          flush=True)
-    model.save(path)
-    return model
+    return train_cached(name, path, train_items, val_items, minutes, epochs=100000, **config)
 
 
 def main():
