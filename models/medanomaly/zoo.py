@@ -73,6 +73,8 @@ class Recipe:
     # "image": pixel AUROC over the whole image; "map": only where the map is defined (a mammogram's breast tiles),
     # on the abnormal images with lesion outlines, since the empty background would flatter any map
     pixel_roi: str = "image"
+    # False where the data's licence forbids redistributing its images (mini-MIAS): the typical map is drawn on black
+    picture_shows_image: bool = True
     extra_figures: str = ""  # "module:function" (model, report cases) -> more figures for the card, if any
     half_score_rtol: float = HALF_SCORE_RTOL  # the largest relative score change float16 weights may cause
 
@@ -109,7 +111,7 @@ RECIPES = {
         "The map is coarse (one cell per 8 pixels of the 224 px square, smoothed): it points at a region, "
         "it does not outline a lesion.")),
     "patchcore-mammo": Recipe("mini_mias", {}, minutes=15, calibrate_per_class=10, report_per_class=26,
-                              subset_per_class=1, pixel_roi="map", failure_modes=(
+                              subset_per_class=1, pixel_roi="map", picture_shows_image=False, failure_modes=(
         "Research use only (mini-MIAS licence).",
         "The score is the map's mean over the breast (it ranked the validation women best): a dense or unusual "
         "breast raises it as a whole, and a small lesion in an otherwise ordinary breast moves it little.",
@@ -288,7 +290,7 @@ def write_shipped(name: str, checkpoint: Path, subset: list, out: Path, log=prin
 
 
 def measure(name: str, sets: dict, out: Path, data_root: Path, subset_per_class: int,
-            pixel_roi: str = "image") -> dict:
+            pixel_roi: str = "image", picture_shows_image: bool = True) -> dict:
     """Figures of the shipped file on the report set, its typical map, and the regression subset's scores."""
     from . import load, metrics
     from .base import as_items
@@ -321,7 +323,8 @@ def measure(name: str, sets: dict, out: Path, data_root: Path, subset_per_class:
             [np.asarray(i.mask) > 0 for _, i in outlined], [r.map for r, _ in outlined],
             roi=[r.map > 0 for r, _ in outlined])) if outlined else None
         figures["pixel_auroc_region"] = "inside the scored breast tiles of the abnormal images with lesion circles"
-    save_overlay(out / f"{name}.png", item.image.array, result.map, result.mask, getattr(item, "mask", None),
+    background = item.image.array if picture_shows_image else np.zeros_like(item.image.array)
+    save_overlay(out / f"{name}.png", background, result.map, result.mask, getattr(item, "mask", None),
                  title=f"{name}: typical abnormal image, score {result.score:.3g}",
                  display_range=model.stats.get("map_display_range"))
     subset = pick_per_class(report, subset_per_class)
@@ -403,7 +406,8 @@ def build(name: str, data_root: Path, out: Path, work_root: Path = DEFAULT_WORK,
     checkpoint = train(name, recipe, sets, work, log)
     subset = pick_per_class(sets["report"], recipe.subset_per_class)
     stored = write_shipped(name, checkpoint, subset, out, log, recipe.half_score_rtol)
-    measured = measure(name, sets, out, data_root, recipe.subset_per_class, recipe.pixel_roi)
+    measured = measure(name, sets, out, data_root, recipe.subset_per_class, recipe.pixel_roi,
+                       recipe.picture_shows_image)
     if recipe.extra_figures:
         import importlib
 
