@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 
@@ -395,6 +396,16 @@ def reproduce(run: Run) -> None:
                      "on them; the seeds vary the rest of the split and the undersampling.")
     report.deviation(f"Kermany: {settings.kermany_per_class} films per class per split, GCM only (the paper has no "
                      "Kermany experiment; it is the product's target).")
+    planned = {"gcm": ("GCM", settings.epochs), "densenet121": ("DenseNet-121", settings.densenet_epochs)}
+    cut = [f"{label} seed {row['seed']} {row['epochs']} of {epochs}" for name, (label, epochs) in planned.items()
+           for row in figures["nih"][name] if row["epochs"] < epochs]
+    if kermany["epochs"] < settings.kermany_epochs:
+        cut.append(f"Kermany {kermany['epochs']} of {settings.kermany_epochs}")
+    if cut and settings.minutes:
+        report.deviation(f"The {settings.minutes}-minute wall cap stopped trainings before their planned epochs "
+                         f"({'; '.join(cut)} complete epochs): the CPU was shared (load average "
+                         f"{os.getloadavg()[0]:.0f} on {os.cpu_count()} cores at the end of the run), so these are "
+                         "barely trained models, not the ones the budget plans.")
     if settings.test_per_class is not None:
         report.deviation(f"Smoke: {settings.train_per_class} training and {settings.test_per_class} test films per "
                          "label (the films with boxes kept): the figures only show the code path runs.")
