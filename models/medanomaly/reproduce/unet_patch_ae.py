@@ -59,7 +59,7 @@ class Budget:
     cnn_epochs: int
     cnn_minutes: float | None
     cnn_config: dict = field(default_factory=dict)
-    patches_per_visit: int = 32
+    patches_per_visit: int = 32  # lung patches drawn per film visit; a batch of 64 then holds 64 // this films
 
 
 BUDGETS = {
@@ -67,7 +67,8 @@ BUDGETS = {
                     calibration_per_class=3, test_per_class=3, cnn_per_class=4, cnn_epochs=1, cnn_minutes=0.5,
                     cnn_config={"image_size": 64, "channels": [4, 8, 8], "hidden": 8}),
     "quick": Budget(train_films=250, epochs=10, minutes=6.0, channels=[8, 16, 32], image_size=256,
-                    calibration_per_class=20, test_per_class=60, cnn_per_class=120, cnn_epochs=4, cnn_minutes=2.5),
+                    calibration_per_class=20, test_per_class=60, cnn_per_class=120, cnn_epochs=4, cnn_minutes=2.5,
+                    patches_per_visit=8),
     "full": Budget(train_films=0, epochs=10, minutes=None, channels=[16, 32, 64], image_size=256,
                    calibration_per_class=0, test_per_class=0, cnn_per_class=0, cnn_epochs=10, cnn_minutes=None,
                    patches_per_visit=64),
