@@ -44,6 +44,7 @@ def write_report(run, settings, models, results, whole_films, patch_films, compa
         f"{settings.sweep_repeats} repeat(s) whole / {settings.patch_repeats} per patch, residuals averaged. "
         f"Youden thresholds are chosen on the validation women and judged on the test women.")
 
+    report.text(_training_caution(models))
     _sweep_tables(report, settings, results)
     _per_nlr_table(report, settings, results)
     _compare_tables(report, settings, results)
@@ -51,6 +52,19 @@ def write_report(run, settings, models, results, whole_films, patch_films, compa
     _roc_figure(report, settings, results, whole_films)
     _panel_figure(report, settings, results)
     _deviations(report, run, settings, results)
+
+
+def _training_caution(models) -> str:
+    """How far the diffusion networks got: a budget in minutes buys few steps on a busy CPU."""
+    diffusion = [models["whole"], models["patch"]] + [m for t in models["per_nlr"].values() for m in t.values()]
+    steps = [int(m.train_state.get("steps_done", 0)) for m in diffusion]
+    if min(steps) >= 2000:
+        return f"The diffusion networks took {min(steps)}–{max(steps)} optimiser steps each."
+    return (f"Caution: the diffusion networks took only {min(steps)}–{max(steps)} optimiser steps each in their "
+            "time budget (how many fit depends on the machine's load; see the trained-models table). Their "
+            "reconstructions are still mostly noise, so the AUROCs below are those of barely trained networks and "
+            "say nothing about the method; what this run shows is the protocol end to end, its costs and the "
+            "speed ratio of the two reverse processes.")
 
 
 def _sweep_tables(report, settings, results) -> None:
