@@ -76,7 +76,8 @@ class Recipe:
     # False where the data's licence forbids redistributing its images (mini-MIAS): the typical map is drawn on black
     picture_shows_image: bool = True
     extra_figures: str = ""  # "module:function" (model, report cases) -> more figures for the card, if any
-    half_score_rtol: float = HALF_SCORE_RTOL  # the largest relative score change float16 weights may cause
+    half_score_rtol: float | None = None  # the largest relative score change float16 weights may cause (None:
+    # HALF_SCORE_RTOL)
 
 
 RECIPES = {
@@ -261,7 +262,7 @@ def score_cases(model, cases: list) -> list[float]:
 
 
 def write_shipped(name: str, checkpoint: Path, subset: list, out: Path, log=print,
-                  half_score_rtol: float = HALF_SCORE_RTOL) -> dict:
+                  half_score_rtol: float | None = None) -> dict:
     """Write out/NAME.pt: half precision when the regression subset's scores stay within HALF_SCORE_RTOL."""
     from . import load
     from .checkpoint import atomic_torch_save
@@ -273,7 +274,7 @@ def write_shipped(name: str, checkpoint: Path, subset: list, out: Path, log=prin
     atomic_torch_save(shipped_payload(checkpoint, half=True), trial)
     half_scores = np.asarray(score_cases(load(trial, device="cpu"), subset))
     change = float(np.max(np.abs(half_scores - reference) / np.maximum(np.abs(reference), 1e-12)))
-    half = change <= half_score_rtol
+    half = change <= (HALF_SCORE_RTOL if half_score_rtol is None else half_score_rtol)
     if half:
         trial.replace(target)
     else:
