@@ -281,6 +281,11 @@ def summary(report: dict) -> None:
         value = get(key, field)
         return None if value is None else value / 60
 
+    def tuning(sequence):  # the case the intensity weight was chosen on, at that weight
+        key = f"brats_{sequence}/patchcore-brain"
+        weight = get(key, "chosen_intensity_weight")
+        return None if weight is None else get(key, f"tuning_auroc w={weight:g}")
+
     all_normals = "kermany/padim-chest fit on all normals"
     rows = [
         ("Kermany image AUROC, padim-chest", get("kermany/padim-chest", "auroc"), TARGETS["kermany"], ">="),
@@ -310,10 +315,12 @@ def summary(report: dict) -> None:
          TARGETS["brats_T1c"], ">="),
         ("  the same, both validation cases", get("brats_T1c/patchcore-brain", "both_pixel_auroc"),
          TARGETS["brats_T1c"], ">="),
+        ("  the same, the tuning case", tuning("T1c"), TARGETS["brats_T1c"], ">="),
         ("BraTS FLAIR pixel AUROC in the brain, test case", get("brats_Flair/patchcore-brain", "test_pixel_auroc"),
          TARGETS["brats_Flair"], ">="),
         ("  the same, both validation cases", get("brats_Flair/patchcore-brain", "both_pixel_auroc"),
          TARGETS["brats_Flair"], ">="),
+        ("  the same, the tuning case", tuning("Flair"), TARGETS["brats_Flair"], ">="),
         ("GCM Kermany AUROC", get("kermany/gcm", "auroc"), TARGETS["gcm_kermany"], ">="),
         ("GCM NIH mean AUROC of the 3 findings", get("nih/gcm", "mean_class_auroc"), TARGETS["gcm_nih_mean_class"], ">="),
     ]
