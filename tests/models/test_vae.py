@@ -36,7 +36,7 @@ def brain_slices(brats_volume):
 
 @pytest.fixture(scope="module")
 def trained_uncertainty_vae(brain_slices):
-    model = medanomaly.create("vae-uncertainty", base_channels=8, latent_channels=16, batch_size=4, epochs=2,
+    model = medanomaly.create("vae-uncertainty", base_channels=8, latent_size=16, batch_size=4, epochs=2,
                               device="cpu")
     model.fit(brain_slices["normal"], progress=False)
     return model
@@ -86,6 +86,21 @@ def test_maps_split_into_aleatoric_and_normalised_error(trained_uncertainty_vae,
     error = maps["squared"] > 1e-6
     assert np.all(wider["E"][0, 0].numpy()[error] < maps["E"][error])
     assert np.all(wider["U"][0, 0].numpy() > maps["U"])
+
+
+def test_latent_is_one_vector_split_into_mean_and_log_variance(trained_uncertainty_vae, brain_slices):
+    model = trained_uncertainty_vae
+    model.network.eval()
+    x = torch.as_tensor(model.prepare(brain_slices["sick"]).square)[None, None]
+    with torch.no_grad():
+        vector = model.network.encoder(x)
+        mu, log_var = model.network.encode(x)
+    assert vector.shape == (1, 16)  # Nz = latent_size
+    torch.testing.assert_close(mu, vector[:, :8])
+    torch.testing.assert_close(log_var, vector[:, 8:])
+    assert model.network.decoder.from_vector.in_features == 8  # z has Nz / 2 dimensions
+    with pytest.raises(ValueError, match="even"):
+        medanomaly.create("vae-uncertainty", latent_size=15)
 
 
 def test_latent_kl_matches_the_closed_form(trained_uncertainty_vae, brain_slices):
