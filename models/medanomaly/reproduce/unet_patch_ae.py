@@ -213,7 +213,9 @@ def _patch_level(report, calibration, test):
     ], note="Peaks: local maxima of a Gaussian kernel density (Scott's bandwidth) above 5 % of its top. Chance "
             "balanced accuracy for three kinds is 0.333.")
     recall = {name: float(confusion[k, k]) for k, name in enumerate(PATCH_KINDS) if np.any(kinds == k)}
-    verdict = "three separate peaks" if peaks_kinds >= 3 else \
+    share = float(np.mean(kinds == 2)) if len(kinds) else 0.0
+    verdict = f"{peaks_kinds} local maxima, which need not be the three kinds (outside-the-lung patches are " \
+        f"{share:.0%} of the pooled patches)" if peaks_kinds >= 3 else \
         f"{peaks_kinds} peak{'s' if peaks_kinds != 1 else ''}, not three"
     report.text(f"**Finding.** The SAD density of the held-out patches, the three kinds pooled, has {verdict}; the lung "
                 f"patches alone give {peaks_lung} peak{'s' if peaks_lung != 1 else ''}. Two SAD thresholds give each "
