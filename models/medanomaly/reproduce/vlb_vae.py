@@ -288,8 +288,9 @@ def reproduce(run: Run) -> None:
         "(the model's default and the full budget: 100; smaller batches give the few epochs more steps). The "
         "paper's numbers of epochs were not available: the full budget trains 100 VAE and 30 CNN epochs on all "
         "training films of the split.",
-        "The fully connected VAE's hidden width (512) and latent size (256) are ours: the paper fixes the 10,000-d "
-        "input; its hidden sizes were not available. The convolutional VAE (the product's vae-vlb default) is shown "
+        f"The fully connected VAE's hidden widths {settings['vae'].get('dense_hidden', [512])} and latent size "
+        f"{settings['vae'].get('latent_size', 256)} are ours: the paper fixes the 10,000-d input; its hidden sizes "
+        "were not available. The convolutional VAE (the product's vae-vlb default) is shown "
         f"beside it, trained {settings['conv_seeds']} time(s) at this budget.",
         "−VLB is estimated with 3 Monte Carlo draws of the latent per film (seeded per request).",
         f"Independent trainings: {settings['seeds']} seeds per model (the paper's 'mean of 3 experiments'); the "
