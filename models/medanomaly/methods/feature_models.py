@@ -298,11 +298,18 @@ class TissueTileInput:
         return squares
 
     def tile_score(self, film_map: np.ndarray, tissue: np.ndarray, corners, tile_max: list[float]) -> float:
-        if not tissue.any():
+        """The image score over the scored breast: tissue that some tile covers (a mean over uncovered tissue
+        would count its zeros, and so the breast's shape)."""
+        size = int(self.config["patch_size"])
+        scored = np.zeros(tissue.shape, dtype=bool)
+        for row, col in corners:
+            scored[row:row + size, col:col + size] = True
+        scored &= tissue
+        if not scored.any():
             return float(film_map.max())
         if self.config["image_score"] == "top_tiles":
             return float(np.mean(sorted(tile_max)[-max(1, int(self.config["top_tiles"])):]))
-        return self.map_score(film_map[tissue])
+        return self.map_score(film_map[scored])
 
     def score_slices(self, slices: list[np.ndarray]) -> SliceScores:
         scores, maps, tiles_per_slice, tile_maxima = [], [], [], []
