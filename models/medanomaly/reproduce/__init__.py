@@ -8,6 +8,7 @@ real images; run in CI), `quick` (≤ 20 minutes on a 2-core CPU; its reports ar
 from __future__ import annotations
 
 import importlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,7 +27,7 @@ PAPERS = {
     "gcm": "gcm",
 }
 
-__all__ = ["BUDGETS", "PAPERS", "Paper", "Report", "Run", "Versus", "get_paper", "reproduce"]
+__all__ = ["BUDGETS", "PAPERS", "Paper", "Report", "Run", "Versus", "cached_fit", "get_paper", "reproduce"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,22 @@ class Run:
     def pick(self, smoke, quick, full):
         """The value for this run's budget."""
         return {"smoke": smoke, "quick": quick, "full": full}[self.budget]
+
+
+def cached_fit(checkpoint: Path, make_model: Callable, train, val=None, device=None, **fit_options):
+    """A training cached at `checkpoint`: -> (model, history, seconds spent training now). A finished one is loaded
+    (0 s); otherwise `make_model()` is fitted there, resuming a stopped run from its mid-epoch checkpoint."""
+    from .. import load
+
+    checkpoint = Path(checkpoint)
+    if checkpoint.exists():
+        model = load(checkpoint, **({"device": str(device)} if device is not None else {}))
+        if model.train_state.get("finished"):
+            return model, model.train_state.get("history", []), 0.0
+    model = make_model()
+    started = time.perf_counter()
+    history = model.fit(train, val, checkpoint=checkpoint, progress=False, **fit_options)
+    return model, history, time.perf_counter() - started
 
 
 def get_paper(name: str) -> Paper:

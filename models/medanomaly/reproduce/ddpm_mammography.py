@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
-from .. import create, load
+from .. import create
 from ..base import as_items
 from ..data import BUILDERS, read_manifest
 from ..inferers.diffusion import ddpm_reverse, noise_to_step
 from ..metrics import image_auprc, image_auroc, pixel_auroc, youden_threshold
 from ..preprocess import foreground_mask, undo_resize
-from . import Paper, Run, Versus
+from . import Paper, Run, cached_fit
 
 NLRS = (0, 50, 100, 150, 200, 250, 300, 350, 400)
 T = 1000
@@ -103,17 +103,11 @@ def balanced(items, count: int):
 
 def train_cached(name: str, path: Path, train, val, minutes: float | None, epochs: int, log=print, **config):
     """A finished checkpoint at `path` is loaded; otherwise train (resuming an interrupted run there) and save."""
-    path = Path(path)
-    if path.exists():
-        model = load(path)
-        if model.train_state.get("finished"):
-            return model
-    model = create(name, **config)
-    started = time.perf_counter()
-    model.fit(train, val, checkpoint=path, minutes=minutes, epochs=epochs, progress=False)
-    history = model.train_state["history"]
-    log(f"trained {name} {config.get('mode', '')} in {time.perf_counter() - started:.0f} s, "
-        f"{model.train_state['epoch']} epochs, last loss {history[-1]['loss'] if history else float('nan'):.4f}")
+    model, _, seconds = cached_fit(path, lambda: create(name, **config), train, val, minutes=minutes, epochs=epochs)
+    if seconds:
+        history = model.train_state["history"]
+        log(f"trained {name} {config.get('mode', '')} in {seconds:.0f} s, {model.train_state['epoch']} epochs, "
+            f"last loss {history[-1]['loss'] if history else float('nan'):.4f}")
     return model
 
 

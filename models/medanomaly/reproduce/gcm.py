@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from .. import create, load
+from .. import create
 from ..base import as_items
 from ..data.builders import BUILDERS, NIH_CLASSES
 from ..data.manifest import read_manifest
 from ..metrics import image_auroc
 from ..methods.gcm import class_slug
 from ..preprocess import undo_resize
-from . import Paper, Run, Versus
+from . import Paper, Run, Versus, cached_fit
 
 PAPER_FILMS_PER_CLASS = 963
 PAPER_MEAN_AUROC = 0.854  # mean per-class AUROC of GCM on the NIH 4-class split
@@ -100,15 +100,10 @@ def boxes_by_class(case) -> dict[str, list]:
 
 def train_or_load(name: str, train_items, config: dict, checkpoint: Path, minutes: float | None):
     """A finished training cached in `checkpoint` is loaded; otherwise fit (resuming a stopped one) and save."""
-    if checkpoint.exists():
-        cached = load(checkpoint, device="cpu")
-        if cached.train_state.get("finished"):
-            return cached, 0.0
-    model = create(name, **config)
     calibration = train_items[:: max(1, len(train_items) // 12)]  # a dozen films spread over the classes
-    started = time.perf_counter()
-    model.fit(train_items, val=calibration, checkpoint=checkpoint, minutes=minutes, progress=False)
-    return model, time.perf_counter() - started
+    model, _, seconds = cached_fit(checkpoint, lambda: create(name, **config), train_items, calibration, device="cpu",
+                                   minutes=minutes)
+    return model, seconds
 
 
 def _first_per_label(cases: list, per_label: int | None, keep_boxes: bool = False) -> list:

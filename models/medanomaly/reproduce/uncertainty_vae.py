@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import metrics
 from ..brain_evaluation import VAE_ROWS, brain_maps, pixel_figures, pixel_labels_and_values, raw_intensity_map
-from . import Paper, Run, Versus
+from . import Paper, Run, Versus, cached_fit
 
 TITLE = "Uncertainty-aware VAE for brain MRI anomaly maps (normalised error E vs aleatoric U)"
 CITATION = ("The uncertainty-aware variational autoencoder for brain MRI anomaly detection (method 4 of the seed "
@@ -47,14 +47,9 @@ def _trained(run: Run, name: str, config: dict, train, calibration, tag: str):
     """A model trained once into run.work/tag.pt; a rerun loads it (or resumes a stopped training)."""
     import medanomaly
 
-    path = run.work / f"{tag}.pt"
-    if path.exists():
-        model = medanomaly.load(path, device=str(run.device))
-        if model.train_state.get("finished"):
-            return model
-    model = medanomaly.create(name, seed=run.seed, device=str(run.device), **config)
-    model.fit(train, val=calibration, checkpoint=path, progress=False)
-    return model
+    return cached_fit(run.work / f"{tag}.pt", lambda: medanomaly.create(name, seed=run.seed, device=str(run.device),
+                                                                         **config),
+                      train, calibration, device=run.device)[0]
 
 
 def _youden_at(tune_labels, tune_values, test_labels, test_values) -> dict:

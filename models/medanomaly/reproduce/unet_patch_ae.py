@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import create, load
-from ..checkpoint import read_checkpoint
+from .. import create
 from ..data import BUILDERS, load_case, read_manifest
 from ..inferers.patches import grid_corners
 from ..metrics import image_auprc, image_auroc
@@ -35,7 +34,7 @@ from ..pneumonia_eval import (
     scan_films,
 )
 from ..zoo import pick_per_class, split_by_patient
-from . import Paper, Run, Versus
+from . import Paper, Run, Versus, cached_fit
 
 # The protocol as the project's method description gives it (README, methods/unet_patch_ae.py).
 PAPER_IMAGE_SIZE, PAPER_PATCH_SIZE, PAPER_STRIDE, PAPER_PATCHES_PER_FILM = 256, 32, 20, 420
@@ -86,14 +85,13 @@ def _sample(cases: list, count: int) -> list:
 def _trained(run: Run, name: str, tag: str, config: dict, train, val, minutes, prepare=None):
     """The model trained into run.work/TAG.pt, or loaded from there when an earlier run finished it. `prepare(model)`
     runs before training (not counted in the `minutes` budget)."""
-    checkpoint = run.work / f"{tag}.pt"
-    if checkpoint.exists() and read_checkpoint(checkpoint)["train_state"].get("finished"):
-        model = load(checkpoint, device=str(run.device))
-        return model, model.train_state.get("history", [])
-    model = create(name, **config)
-    if prepare is not None:
-        prepare(model)
-    history = model.fit(train, val=val, checkpoint=checkpoint, minutes=minutes, progress=False)
+    def make_model():
+        model = create(name, **config)
+        if prepare is not None:
+            prepare(model)
+        return model
+
+    model, history, _ = cached_fit(run.work / f"{tag}.pt", make_model, train, val, device=run.device, minutes=minutes)
     return model, history
 
 

@@ -24,7 +24,7 @@ from ..data.manifest import read_manifest
 from ..io import read_image
 from ..modality_screen import (ModalitySizes, class_probabilities, create_modality_cnn, modality_samples,
                                probability_cr, score_samples)
-from . import Paper, Run, Versus
+from . import Paper, Run, Versus, cached_fit
 
 GALLERY = 10  # films per row of a gallery (the paper's best 10 and worst 10)
 DENSE, CNN = "VAE, fully connected (the paper's)", "supervised CNN (cxr-cnn)"
@@ -69,12 +69,8 @@ def _trained(run: Run, tag: str, create, config: dict, train: list, calibration:
     The cache file is named by the config and the training images, so a changed protocol never reuses a stale one."""
     digest = hashlib.sha256(json.dumps([tag, config, keys], sort_keys=True, default=str).encode("utf-8"))
     path = run.work / f"{tag}-{digest.hexdigest()[:16]}.pt"
-    if path.exists():
-        model = medanomaly.load(path, device=str(run.device))
-        if model.train_state.get("finished"):
-            return model, model.train_state["history"]
-    model = create(device=str(run.device), **config)
-    history = model.fit(train, val=calibration, checkpoint=path, progress=False)
+    model, history, _ = cached_fit(path, lambda: create(device=str(run.device), **config), train, calibration,
+                                   device=run.device)
     return model, history
 
 
